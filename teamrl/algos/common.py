@@ -1,0 +1,254 @@
+"""Shared pieces of the on-policy actor-critic algorithms: config, train state, optimisers,
+value targets, losses and minibatching. Algorithms compose these; nothing here is specific to
+one algorithm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from teamrl.advantages import RunningNorm, gae
+from teamrl.config import ConfigError, NetworkConfig, option
+from teamrl.envs.spec import TeamObs, TeamSpec
+from teamrl.nets import Actor, Critic
+from teamrl.rollout import Batch
+
+
+@dataclass
+class PPOConfig:
+    """The MAPPO practices (HARL defaults), each switchable."""
+
+    gamma: float = option(0.99, "discount", low=0.0, high=1.0)
+    gae_lambda: float = option(0.95, "GAE lambda", low=0.0, high=1.0)
+    lr: float = option(5e-4, "actor learning rate", low=0.0, low_open=True)
+    critic_lr: float = option(5e-4, "critic learning rate", low=0.0, low_open=True)
+    adam_eps: float = option(1e-5, "Adam epsilon", low=0.0, low_open=True)
+    lr_decay: bool = option(False, "decay learning rates linearly to 0 over total_steps")
+    epochs: int = option(5, "passes over each batch", low=1)
+    minibatches: int = option(1, "minibatches per epoch", low=1)
+    clip_eps: float = option(0.2, "PPO ratio clip epsilon", low=0.0, low_open=True)
+    ent_coef: float = option(0.01, "entropy bonus coefficient", low=0.0)
+    max_grad_norm: float = option(10.0, "gradient clipping by global norm (per agent)",
+                                  low=0.0, low_open=True)
+    value_norm: bool = option(True, "running normalisation of value targets")
+    value_clip: bool = option(True, "PPO-style clipping of value updates")
+    value_clip_eps: float = option(0.2, "value clip epsilon", low=0.0, low_open=True)
+    huber: bool = option(True, "Huber value loss (else squared error)")
+    huber_delta: float = option(10.0, "Huber delta", low=0.0, low_open=True)
+    adv_norm: bool = option(True, "normalise advantages over the batch")
+    share_actor: bool = option(False, "one actor shared by all agents (with agent ids)")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an on-policy algorithm learns or carries between updates."""
+
+    actor_params: Any
+    critic_params: Any
+    actor_opt: Any
+    critic_opt: Any
+    value_norm: RunningNorm
+
+
+@dataclass(frozen=True)
+class AgentOptimizer:
+    """An optax optimiser applied per agent (vmapped over stacked parameters) or once (shared),
+    so grad-norm clipping and Adam statistics are per agent as in HARL."""
+
+    tx: optax.GradientTransformation
+    stacked: bool
+
+    def init(self, params):
+        return jax.vmap(self.tx.init)(params) if self.stacked else self.tx.init(params)
+
+    def step(self, grads, opt_state, params):
+        """Returns (new params, new opt state, grad norm ([] mean over agents))."""
+        def one(g, s, p):
+            updates, s = self.tx.update(g, s, p)
+            return optax.apply_updates(p, updates), s, optax.global_norm(g)
+
+        if self.stacked:
+            params, opt_state, norm = jax.vmap(one)(grads, opt_state, params)
+            return params, opt_state, norm.mean()
+        return one(grads, opt_state, params)
+
+
+def make_tx(lr: float, cfg: PPOConfig, gradient_steps: int) -> optax.GradientTransformation:
+    schedule = optax.linear_schedule(lr, 0.0, max(gradient_steps, 1)) if cfg.lr_decay else lr
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
+                       optax.adam(schedule, eps=cfg.adam_eps))
+
+
+def masked_agent_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x, mask [B, N] -> [N]: mean over samples where mask is set."""
+    mask = mask.astype(x.dtype)
+    return (x * mask).sum(0) / jnp.maximum(mask.sum(0), 1.0)
+
+
+def clipped_surrogate(ratio, advantage, eps):
+    """PPO's pessimistic surrogate min(r·A, clip(r, 1±eps)·A), elementwise."""
+    return jnp.minimum(ratio * advantage, jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * advantage)
+
+
+def value_loss(pred, old_pred, target, cfg: PPOConfig) -> jax.Array:
+    """Elementwise value loss in normalised space, with optional clipping and Huber."""
+    def err(e):
+        return optax.huber_loss(e, delta=cfg.huber_delta) if cfg.huber else 0.5 * e**2
+
+    loss = err(pred - target)
+    if cfg.value_clip:
+        clipped = old_pred + jnp.clip(pred - old_pred, -cfg.value_clip_eps, cfg.value_clip_eps)
+        loss = jnp.maximum(loss, err(clipped - target))
+    return loss
+
+
+def normalise_advantages(adv: jax.Array, mask: jax.Array) -> jax.Array:
+    m = mask.astype(adv.dtype)
+    count = jnp.maximum(m.sum(), 1.0)
+    mean = (adv * m).sum() / count
+    std = jnp.sqrt(((adv - mean) ** 2 * m).sum() / count)
+    return (adv - mean) / (std + 1e-8)
+
+
+def flatten_time(batch_tree, length: int):
+    """[T, E, ...] -> [T*E, ...] for every leaf."""
+    return jax.tree.map(lambda x: x.reshape((length,) + x.shape[2:]), batch_tree)
+
+
+def minibatch_indices(key, num_samples: int, epochs: int, minibatches: int) -> jax.Array:
+    """[epochs, minibatches, num_samples // minibatches] shuffled sample indices."""
+    keys = jax.random.split(key, epochs)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(keys)
+    return perms.reshape(epochs, minibatches, num_samples // minibatches)
+
+
+class OnPolicyActorCritic:
+    """Actor, critic, optimisers and value targets of an on-policy algorithm.
+
+    Subclasses choose the critic (``central_critic``) and implement ``update``.
+    """
+
+    config_class = PPOConfig
+    central_critic = True
+    action_kinds = ("discrete", "continuous")
+
+    def __init__(self, spec: TeamSpec, cfg: PPOConfig, net: NetworkConfig, total_updates: int):
+        self.spec, self.cfg, self.net = spec, cfg, net
+        self.actor = Actor(spec, net, shared=cfg.share_actor)
+        self.critic = Critic(spec, net, central=self.central_critic, shared=cfg.share_actor)
+        steps = total_updates * cfg.epochs * cfg.minibatches
+        self.actor_tx = AgentOptimizer(make_tx(cfg.lr, cfg, steps), stacked=not cfg.share_actor)
+        critic_stacked = not (self.central_critic or cfg.share_actor)
+        self.critic_tx = AgentOptimizer(make_tx(cfg.critic_lr, cfg, steps), stacked=critic_stacked)
+
+    @classmethod
+    def check(cls, spec: TeamSpec, cfg, run) -> None:
+        """Reject incompatible settings before anything is compiled."""
+        if spec.action_kind not in cls.action_kinds:
+            raise ConfigError(f"algorithm {run.algo!r} needs {' or '.join(cls.action_kinds)} "
+                              f"actions but {spec.env_id!r} has {spec.action_kind} actions")
+        samples = run.num_envs * run.rollout_length
+        if samples % cfg.minibatches:
+            raise ConfigError(f"minibatches={cfg.minibatches} must divide num_envs*rollout_length"
+                              f"={samples}")
+
+    # ------------------------------------------------------------------------- state
+    def init(self, key: jax.Array) -> TrainState:
+        actor_key, critic_key = jax.random.split(key)
+        actor_params = self.actor.init(actor_key)
+        critic_params = self.critic.init(critic_key)
+        return TrainState(actor_params, critic_params, self.actor_tx.init(actor_params),
+                          self.critic_tx.init(critic_params), RunningNorm.create())
+
+    # ----------------------------------------------------------------------- acting
+    def values(self, ts: TrainState, obs: TeamObs) -> jax.Array:
+        """[..., N] critic outputs (normalised space)."""
+        return self.critic.values(ts.critic_params, obs.obs, obs.state)
+
+    def act(self, ts: TrainState, obs: TeamObs, key: jax.Array):
+        """Sample actions for a batch of envs: -> (action, log_prob [E, N], value [E, N])."""
+        dist = self.actor.distribution(ts.actor_params, obs.obs, obs.avail)
+        action = dist.sample(key)
+        return action, dist.log_prob(action), self.values(ts, obs)
+
+    def policy_action(self, ts: TrainState, obs: TeamObs, key: jax.Array, deterministic: bool):
+        dist = self.actor.distribution(ts.actor_params, obs.obs, obs.avail)
+        return dist.mode() if deterministic else dist.sample(key)
+
+    # ---------------------------------------------------------------- value targets
+    def advantages_and_targets(self, ts: TrainState, batch: Batch):
+        """GAE on de-normalised values; returns (advantages [T,E,N], value targets in
+        normalised space [T,E,N], updated value normaliser)."""
+        norm = ts.value_norm
+        value = norm.denormalise(batch.value)
+        next_value = norm.denormalise(batch.next_value)
+        adv, returns = gae(batch.reward, value, next_value, batch.terminated, batch.truncated,
+                           self.cfg.gamma, self.cfg.gae_lambda)
+        if self.cfg.value_norm:
+            norm = norm.update(returns.reshape(-1))
+        return adv, norm.normalise(returns), norm
+
+    def agent_reduce(self, per_agent: jax.Array, shared: bool) -> jax.Array:
+        """Stacked parameters: each agent's loss drives only its own slice, so sum;
+        shared parameters: average over agents (MAPPO's flattened batch)."""
+        return per_agent.mean() if shared else per_agent.sum()
+
+    # ------------------------------------------------------------------- critic step
+    def critic_step(self, ts: TrainState, mb: dict):
+        """One gradient step of the critic on a minibatch dict with obs, value, target, alive."""
+        def loss_fn(params):
+            pred = self.critic.values(params, mb["obs"].obs, mb["obs"].state)
+            per_agent = masked_agent_mean(value_loss(pred, mb["value"], mb["target"], self.cfg),
+                                          mb["obs"].alive)
+            return self.agent_reduce(per_agent, shared=not self.critic_tx.stacked)
+
+        loss, grads = jax.value_and_grad(loss_fn)(ts.critic_params)
+        params, opt, norm = self.critic_tx.step(grads, ts.critic_opt, ts.critic_params)
+        return ts.replace(critic_params=params, critic_opt=opt), loss, norm
+
+
+def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax.Array):
+    """Simultaneous PPO update of all agents (IPPO, MAPPO): every agent maximises
+    min(r_i·Â_i, clip(r_i, 1±ε)·Â_i) with its own ratio; returns (train state, metrics)."""
+    cfg = algo.cfg
+    adv, target, value_norm = algo.advantages_and_targets(ts, batch)
+    ts = ts.replace(value_norm=value_norm)
+    if cfg.adv_norm:
+        adv = normalise_advantages(adv, batch.obs.alive)
+    steps, envs = batch.reward.shape
+    data = flatten_time({"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob,
+                         "value": batch.value, "adv": adv, "target": target}, steps * envs)
+    indices = minibatch_indices(key, steps * envs, cfg.epochs, cfg.minibatches)
+
+    def actor_loss_fn(params, mb):
+        dist = algo.actor.distribution(params, mb["obs"].obs, mb["obs"].avail)
+        log_prob = dist.log_prob(mb["action"])
+        log_ratio = log_prob - mb["log_prob"]
+        ratio = jnp.exp(log_ratio)
+        alive = mb["obs"].alive
+        surrogate = masked_agent_mean(clipped_surrogate(ratio, mb["adv"], cfg.clip_eps), alive)
+        entropy = masked_agent_mean(dist.entropy(), alive)
+        loss = algo.agent_reduce(-surrogate - cfg.ent_coef * entropy, shared=cfg.share_actor)
+        aux = {"entropy": entropy.mean(),
+               "approx_kl": masked_agent_mean((ratio - 1) - log_ratio, alive).mean(),
+               "clip_frac": masked_agent_mean(jnp.abs(ratio - 1) > cfg.clip_eps, alive).mean()}
+        return loss, aux
+
+    def minibatch_step(ts: TrainState, idx):
+        mb = jax.tree.map(lambda x: x[idx], data)
+        (loss, aux), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(ts.actor_params, mb)
+        params, opt, actor_norm = algo.actor_tx.step(grads, ts.actor_opt, ts.actor_params)
+        ts = ts.replace(actor_params=params, actor_opt=opt)
+        ts, critic_loss, critic_norm = algo.critic_step(ts, mb)
+        metrics = {"actor_loss": loss, "value_loss": critic_loss, "actor_grad_norm": actor_norm,
+                   "critic_grad_norm": critic_norm, **aux}
+        return ts, metrics
+
+    ts, metrics = jax.lax.scan(minibatch_step, ts, indices.reshape(-1, indices.shape[-1]))
+    return ts, jax.tree.map(jnp.mean, metrics)

@@ -1,0 +1,203 @@
+"""`teamrl` command line: argument parsing only; the work is done by train/evaluate/runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from teamrl.config import ConfigError, parse_key_values
+
+EXIT_BAD_INPUT = 2
+
+TRAIN_HELP = """Train ALGO on ENV. Settings are key=value pairs (e.g. total_steps=200000 seeds=4
+lr=3e-4 hidden_sizes=[128,128] action=continuous); `teamrl list --keys ALGO ENV` shows every
+key with its default. Presets shipped for (env, algo) are applied first."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="teamrl", description="Compiled cooperative multi-agent RL.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train an algorithm on an environment", description=TRAIN_HELP)
+    t.add_argument("algo", nargs="?", help="algorithm, e.g. mappo (see `teamrl list`)")
+    t.add_argument("env", nargs="?", help="environment id, e.g. mpe/simple_spread")
+    t.add_argument("settings", nargs="*", metavar="key=value")
+    t.add_argument("--config", help="a config.yaml (e.g. RUN_DIR/config.yaml) to re-run")
+
+    r = sub.add_parser("resume", help="continue a run from its latest checkpoint",
+                       description="Continue RUN_DIR from its latest checkpoint; metrics append. "
+                                   "Optionally raise total_steps=N.")
+    r.add_argument("run_dir")
+    r.add_argument("settings", nargs="*", metavar="key=value")
+
+    e = sub.add_parser("eval", help="evaluate a run's policy",
+                       description="Run evaluation episodes with RUN_DIR's best (else latest) "
+                                   "checkpoint; writes eval_*.json in the run folder.")
+    e.add_argument("run_dir")
+    e.add_argument("settings", nargs="*", metavar="key=value",
+                   help="episodes=N deterministic=true|false checkpoint=best|latest")
+
+    ls = sub.add_parser("list", help="list algorithms, env ids and presets")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--keys", nargs=2, metavar=("ALGO", "ENV"),
+                    help="list every config key of ALGO on ENV with its default and help")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"teamrl: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _default_out(algo: str, env_id: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{env_id.replace('/', '_')}_{algo}_{stamp}")
+
+
+def cmd_train(args) -> int:
+    from teamrl.cli_config import base_config, config_from_file
+    from teamrl.config import apply_overrides
+
+    overrides = parse_key_values(args.settings)
+    if args.config:
+        positional = [a for a in (args.algo, args.env) if a]
+        overrides = {**parse_key_values(positional), **overrides}
+        config = config_from_file(args.config, overrides)
+    else:
+        if not args.algo or not args.env:
+            raise ConfigError("train needs ALGO and ENV (or --config FILE); see `teamrl list`")
+        if "=" in args.algo or "=" in args.env:
+            raise ConfigError("train needs ALGO and ENV before key=value settings")
+        config = base_config(args.algo, args.env)
+        apply_overrides(config, overrides)
+    if not config.run.out:
+        config.run.out = _default_out(config.run.algo, config.run.env_id)
+    return _run_training(config, resume_dir=None)
+
+
+def cmd_resume(args) -> int:
+    from teamrl import runs
+    from teamrl.cli_config import config_from_run_dir
+
+    overrides = parse_key_values(args.settings)
+    allowed = {"total_steps", "progress", "log_every", "checkpoint_every"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise ConfigError(f"resume cannot change {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+    config = config_from_run_dir(args.run_dir, overrides)
+    if not runs.checkpoint_exists(args.run_dir, "latest"):
+        raise ConfigError(f"{args.run_dir!r} has no checkpoint to resume from")
+    return _run_training(config, resume_dir=args.run_dir)
+
+
+def _run_training(config, resume_dir) -> int:
+    from teamrl.runs import RunExistsError
+    from teamrl.train import TrainingDiverged, train
+
+    try:
+        summary = train(config, resume_dir=resume_dir)
+    except RunExistsError as err:
+        return _fail(str(err))
+    except TrainingDiverged as err:
+        print(f"teamrl: training stopped: {err}", file=sys.stderr)
+        return 1
+    print(f"[teamrl] done: {summary['env_steps'] if 'env_steps' in summary else 0:,} env steps "
+          f"per seed, return {summary.get('return_mean', float('nan')):.3f}; run folder "
+          f"{summary['run_dir']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from teamrl.evaluate import evaluate_run
+
+    settings = parse_key_values(args.settings)
+    allowed = {"episodes", "deterministic", "checkpoint"}
+    bad = sorted(set(settings) - allowed)
+    if bad:
+        raise ConfigError(f"unknown eval key {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+    from teamrl.config import coerce
+
+    episodes = coerce("episodes", settings.get("episodes", "32"), int)
+    if episodes < 1:
+        raise ConfigError(f"episodes={episodes} is out of range; must be >= 1")
+    deterministic = coerce("deterministic", settings.get("deterministic", "true"), bool)
+    checkpoint = settings.get("checkpoint", "best")
+    if checkpoint not in ("best", "latest"):
+        raise ConfigError(f"checkpoint={checkpoint!r} is not valid; valid choices: best, latest")
+    result = evaluate_run(args.run_dir, episodes, deterministic, checkpoint)
+    mode = "deterministic" if deterministic else "stochastic"
+    for row in result["seeds"]:
+        print(f"seed {row['seed']}: return {row['return_mean']:.3f} ± {row['return_std']:.3f} "
+              f"(min {row['return_min']:.3f}, max {row['return_max']:.3f}) over {episodes} "
+              f"{mode} episodes")
+    print(f"[teamrl] mean return {result['return_mean']:.3f} ({result['checkpoint']} checkpoint "
+          f"at {result['env_steps']} env steps); written to {result['file']}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    import dataclasses
+
+    from teamrl.algos import ALGORITHMS, DESCRIPTIONS
+    from teamrl.config import list_presets
+    from teamrl.envs.registry import REGISTRY
+
+    if args.keys:
+        from teamrl.cli_config import base_config
+
+        config = base_config(*args.keys)
+        rows = []
+        for sec_name, sec in config.sections().items():
+            for f in dataclasses.fields(sec):
+                rows.append({"section": sec_name, "key": f.name, "default": getattr(sec, f.name),
+                             "help": f.metadata.get("help", ""),
+                             "choices": f.metadata.get("choices")})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                choices = f" [{'|'.join(map(str, r['choices']))}]" if r["choices"] else ""
+                print(f"{r['section']:8s} {r['key']}={r['default']!s:<12} {r['help']}{choices}")
+        return 0
+    info = {
+        "algorithms": [{"name": n, "description": DESCRIPTIONS.get(n, ""),
+                        "action_kinds": list(ALGORITHMS[n].action_kinds)}
+                       for n in sorted(ALGORITHMS)],
+        "envs": [{"id": e.env_id, "description": e.description,
+                  "options": [f.name for f in dataclasses.fields(e.options)]}
+                 for e in REGISTRY.values()],
+        "presets": list_presets(),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("algorithms:")
+    for a in info["algorithms"]:
+        print(f"  {a['name']:12s} {a['description']}")
+    print("environments:")
+    for e in info["envs"]:
+        opts = f"  (options: {', '.join(e['options'])})" if e["options"] else ""
+        print(f"  {e['id']:32s} {e['description']}{opts}")
+    print("presets (configs/<family>/[<task>/]<algo>):")
+    for p in info["presets"]:
+        print(f"  {p}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "list": cmd_list}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        print("teamrl: interrupted; the latest checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Typed configuration: dataclass sections, ``key=value`` parsing, validation, YAML presets.
+
+A resolved configuration has four sections: ``run`` (RunConfig), ``network`` (NetworkConfig),
+``algo`` (the algorithm's own dataclass) and ``env`` (the env's option dataclass). On the command
+line every key is flat (``lr=3e-4 hidden_sizes=[64,64] action=continuous``) and names are
+unique across sections, so each key belongs to exactly one section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message is one line naming the bad value and the valid choices."""
+
+
+def option(default, help: str, choices=None, low=None, high=None, low_open=False):
+    """A dataclass field with its help text and range, used for parsing and validation."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    """Settings of a training run that every algorithm shares."""
+
+    algo: str = option("mappo", "algorithm name (see `teamrl list`)")
+    env_id: str = option("mpe/simple_spread", "environment id (see `teamrl list`)")
+    total_steps: int = option(1_000_000, "env steps per seed (all envs summed)", low=1)
+    num_envs: int = option(16, "parallel environments per seed", low=1)
+    rollout_length: int = option(128, "steps per env per update", low=1)
+    seeds: int = option(1, "independent seeds trained together in one compiled program", low=1)
+    seed: int = option(0, "first seed; seed i of the run uses seed+i", low=0)
+    out: str = option("", "run folder (default runs/<env>_<algo>_<time>)")
+    overwrite: bool = option(False, "replace an existing run folder")
+    log_every: int = option(0, "updates per log row / compiled chunk (0: about 40 rows)", low=0)
+    checkpoint_every: int = option(1, "log rows between checkpoints", low=1)
+    agent_id: str = option("auto", "append one-hot agent ids to observations "
+                           "(auto: when actors are shared)", choices=["auto", "true", "false"])
+    team_reward: str = option("mean", "team reward from per-agent rewards", choices=["mean", "sum"])
+    progress: str = option("auto", "progress display", choices=["auto", "bar", "lines", "none"])
+    eval_episodes: int = option(32, "episodes per seed for `teamrl eval`", low=1)
+
+
+@dataclass
+class NetworkConfig:
+    """Actor and critic multilayer perceptrons."""
+
+    hidden_sizes: list = option([64, 64], "hidden layer widths")
+    activation: str = option("tanh", "hidden activation", choices=["tanh", "relu", "gelu", "silu"])
+    layer_norm: bool = option(False, "layer norm after each hidden layer")
+    log_std_init: float = option(-0.5, "initial log std of Gaussian policies")
+    log_std_min: float = option(-5.0, "lower clip of the Gaussian log std")
+    log_std_max: float = option(2.0, "upper clip of the Gaussian log std")
+
+
+SECTION_NAMES = ("run", "network", "algo", "env")
+
+
+@dataclass
+class Config:
+    """A fully resolved configuration."""
+
+    run: RunConfig
+    network: NetworkConfig
+    algo: Any
+    env: Any
+
+    def sections(self) -> dict[str, Any]:
+        return {"run": self.run, "network": self.network, "algo": self.algo, "env": self.env}
+
+    def to_dict(self) -> dict:
+        return {name: _to_plain(dataclasses.asdict(sec)) for name, sec in self.sections().items()}
+
+
+def _to_plain(value):
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------- parsing
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(name: str, raw, tp):
+    """Convert ``raw`` (a CLI string or a YAML value) to the declared type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            return None
+        return coerce(name, raw, args[0])
+    if isinstance(raw, str) and tp is not str:
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"{name}={raw!r} is not a valid {_type_name(tp)}") from None
+    try:
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            raise TypeError
+        if tp is int:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise TypeError
+            value = float(raw)
+            if not value.is_integer():
+                raise TypeError
+            return int(value)
+        if tp is float:
+            if isinstance(raw, bool):
+                raise TypeError
+            return float(raw)
+        if tp is str:
+            return str(raw)
+        if tp is list or origin is list:
+            if not isinstance(raw, (list, tuple)):
+                raise TypeError
+            return [int(v) if isinstance(v, (int, float)) and float(v).is_integer() else v
+                    for v in raw]
+    except (TypeError, ValueError):
+        valid = "true or false" if tp is bool else f"a {_type_name(tp)}"
+        raise ConfigError(f"{name}={raw!r} has the wrong type; expected {valid}") from None
+    return raw
+
+
+def field_types(section) -> dict[str, Any]:
+    cls = section if isinstance(section, type) else type(section)
+    return typing.get_type_hints(cls)
+
+
+def validate_section(section) -> None:
+    """Check each field against its choices and range; raise ConfigError on the first bad one."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        meta = f.metadata
+        if value is None:
+            continue
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            choices = ", ".join(str(c) for c in meta["choices"])
+            raise ConfigError(f"{f.name}={value!r} is not valid; valid choices: {choices}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value!r} must be finite")
+            low, high = meta.get("low"), meta.get("high")
+            if low is not None and (value < low or (meta.get("low_open") and value == low)):
+                rel = ">" if meta.get("low_open") else ">="
+                raise ConfigError(f"{f.name}={value!r} is out of range; must be {rel} {low}"
+                                  + (f" and <= {high}" if high is not None else ""))
+            if high is not None and value > high:
+                raise ConfigError(f"{f.name}={value!r} is out of range; must be <= {high}"
+                                  + (f" and >= {low}" if low is not None else ""))
+        if isinstance(value, list) and f.name == "hidden_sizes":
+            if not value or not all(isinstance(v, int) and v > 0 for v in value):
+                raise ConfigError(f"hidden_sizes={value!r} must be a non-empty list of "
+                                  "positive integers, e.g. [64,64]")
+    check = getattr(section, "check", None)
+    if check is not None:
+        check()
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any], origin: str = "") -> None:
+    """Set flat ``key=value`` overrides on the section that owns each key."""
+    owners = {}
+    for sec_name, sec in config.sections().items():
+        for f in dataclasses.fields(sec):
+            owners[f.name] = (sec_name, sec)
+    for key, raw in overrides.items():
+        if key not in owners:
+            valid = ", ".join(sorted(owners))
+            where = f" in {origin}" if origin else ""
+            raise ConfigError(f"unknown key {key!r}{where}; valid keys: {valid}")
+        sec_name, sec = owners[key]
+        setattr(sec, key, coerce(key, raw, field_types(sec)[key]))
+
+
+def apply_sections(config: Config, data: dict, origin: str) -> None:
+    """Apply a nested {section: {key: value}} mapping (a preset or a saved config.yaml)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections {SECTION_NAMES}")
+    flat = {}
+    for sec_name, values in data.items():
+        if sec_name not in SECTION_NAMES:
+            raise ConfigError(f"{origin}: unknown section {sec_name!r}; valid sections: "
+                              + ", ".join(SECTION_NAMES))
+        flat.update(values or {})
+    apply_overrides(config, flat, origin)
+
+
+def parse_key_values(args: list[str]) -> dict[str, str]:
+    """``["lr=3e-4", "seeds=4"]`` -> ``{"lr": "3e-4", "seeds": "4"}``."""
+    out = {}
+    for arg in args:
+        if "=" not in arg or arg.startswith("="):
+            raise ConfigError(f"argument {arg!r} is not of the form key=value")
+        key, value = arg.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+# ------------------------------------------------------------------------------- presets
+def preset_paths(env_id: str, algo: str) -> list[str]:
+    """Preset files that apply to (env, algo), most general first:
+    ``<family>/<algo>.yaml`` then ``<family>/<task>/<algo>.yaml``."""
+    family, _, task = env_id.partition("/")
+    candidates = [f"{family}/{algo}.yaml", f"{family}/{task}/{algo}.yaml"]
+    root = resources.files("teamrl") / "configs"
+    return [c for c in candidates if (root / c).is_file()]
+
+
+def load_preset(relpath: str) -> dict:
+    text = (resources.files("teamrl") / "configs" / relpath).read_text()
+    return yaml.safe_load(text) or {}
+
+
+def list_presets() -> list[str]:
+    root = resources.files("teamrl") / "configs"
+    found = []
+
+    def walk(node, prefix):
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".yaml"):
+                found.append(prefix + child.name[:-5])
+
+    walk(root, "")
+    return found

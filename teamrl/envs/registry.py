@@ -1,0 +1,163 @@
+"""Env ids -> factories. The only place that knows which environments exist.
+
+Each entry has an options dataclass (the ``env`` section of a config, settable as
+``key=value`` on the command line) and a builder returning a JaxMARL-API env plus the
+adapter settings for its family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from teamrl.config import ConfigError, option
+from teamrl.envs.jax_env import JaxTeamEnv
+
+
+class EnvIdError(ConfigError):
+    """Unknown environment id."""
+
+
+# ---------------------------------------------------------------------------- options
+@dataclass
+class MPEOptions:
+    """Options of the multi-agent particle environments (JaxMARL's MPE)."""
+
+    action: str = option("discrete", "action space", choices=["discrete", "continuous"])
+    max_steps: int = option(25, "episode length (time limit; truncation)", low=1)
+
+
+@dataclass
+class SpreadOptions(MPEOptions):
+    num_agents: int = option(3, "agents (and landmarks unless num_landmarks is set)", low=1)
+    num_landmarks: int = option(0, "landmarks (0: as many as agents)", low=0)
+    local_ratio: float = option(0.5, "weight of the per-agent collision penalty", low=0.0,
+                                high=1.0)
+
+
+@dataclass
+class NoOptions:
+    """This environment has no options."""
+
+
+@dataclass
+class PenaltyOptions:
+    k: float = option(-100.0, "penalty of miscoordinated optimal actions (k <= 0)", high=0.0)
+
+
+@dataclass
+class SplitOptions:
+    n_agents: int = option(4, "number of agents (even)", low=2)
+
+    def check(self):
+        if self.n_agents % 2:
+            raise ConfigError(f"n_agents={self.n_agents} must be even; valid: 2, 4, 6, ...")
+
+
+@dataclass
+class TreeOptions:
+    stages: int = option(5, "depth levels of the 9-ary tree", low=2, high=7)
+    game: int = option(0, "seed of the random node rewards", low=0)
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    env_id: str
+    description: str
+    options: type
+    build: Callable[[Any], tuple[Any, dict]]
+
+
+_MPE_SCENARIOS = {
+    "simple": ("MPE_simple_v3", "one agent reaches a landmark"),
+    "simple_spread": ("MPE_simple_spread_v3", "N agents cover N landmarks, avoiding collisions"),
+    "simple_reference": ("MPE_simple_reference_v3", "two agents guide each other to "
+                         "goal landmarks by communication"),
+    "simple_speaker_listener": ("MPE_simple_speaker_listener_v4", "a speaker tells a "
+                                "listener which landmark to reach"),
+}
+
+
+def _import_jaxmarl():
+    """Import jaxmarl without its start-up chatter on stdout."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import jaxmarl
+    return jaxmarl
+
+
+def _mpe_builder(jaxmarl_name: str):
+    def build(opts: MPEOptions):
+        jaxmarl = _import_jaxmarl()
+
+        kwargs = {"action_type": "Continuous" if opts.action == "continuous" else "Discrete",
+                  "max_steps": opts.max_steps}
+        if isinstance(opts, SpreadOptions):
+            kwargs.update(num_agents=opts.num_agents, local_ratio=opts.local_ratio,
+                          num_landmarks=opts.num_landmarks or opts.num_agents)
+        return jaxmarl.make(jaxmarl_name, **kwargs), {"time_limit_is_truncation": True}
+
+    return build
+
+
+def _didactic_builder(name: str, option_names: tuple[str, ...] = ()):
+    def build(opts):
+        from teamrl.envs.didactic import DIDACTIC_GAMES
+
+        try:
+            env = DIDACTIC_GAMES[name](**{k: getattr(opts, k) for k in option_names})
+        except ValueError as err:
+            raise ConfigError(f"didactic/{name}: {err}") from None
+        # The horizon of a didactic game is part of the game: its end is a termination.
+        return env, {"time_limit_is_truncation": False}
+
+    return build
+
+
+def _entries() -> dict[str, EnvEntry]:
+    entries = {}
+    for scenario, (name, text) in _MPE_SCENARIOS.items():
+        opts = SpreadOptions if scenario == "simple_spread" else MPEOptions
+        entries[f"mpe/{scenario}"] = EnvEntry(f"mpe/{scenario}", f"MPE: {text}", opts,
+                                              _mpe_builder(name))
+    didactic = [
+        ("climbing", "climbing matrix game, optimum 11", NoOptions, ()),
+        ("penalty", "penalty matrix game (k), two optima 10", PenaltyOptions, ("k",)),
+        ("overgeneralisation", "relative overgeneralisation 8/6/-12 game", NoOptions, ()),
+        ("split", "HATRPO Prop. 1: heterogeneous optimum 1", SplitOptions, ("n_agents",)),
+        ("product", "continuous r = a1*a2 trust-region game", NoOptions, ()),
+        ("tree", "I2Q 9-ary deterministic tree game", TreeOptions, ("stages", "game")),
+        ("dpo-random-game", "DPO's random 30-state 3-agent stochastic game", NoOptions, ()),
+    ]
+    for name, text, opts, keys in didactic:
+        entries[f"didactic/{name}"] = EnvEntry(f"didactic/{name}", text, opts,
+                                               _didactic_builder(name, keys))
+    return entries
+
+
+REGISTRY: dict[str, EnvEntry] = _entries()
+
+
+def list_env_ids() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_entry(env_id: str) -> EnvEntry:
+    if env_id not in REGISTRY:
+        raise EnvIdError(f"unknown env id {env_id!r}; valid env ids: {', '.join(list_env_ids())}")
+    return REGISTRY[env_id]
+
+
+def default_env_options(env_id: str):
+    return get_entry(env_id).options()
+
+
+def make_env(env_id: str, options=None, agent_id: bool = False, team_reward: str = "mean"
+             ) -> JaxTeamEnv:
+    """Build the team adapter for ``env_id`` with its options dataclass (defaults if None)."""
+    entry = get_entry(env_id)
+    opts = options if options is not None else entry.options()
+    env, adapter_kwargs = entry.build(opts)
+    return JaxTeamEnv(env, env_id, agent_id=agent_id, team_reward=team_reward, **adapter_kwargs)
