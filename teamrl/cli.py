@@ -102,7 +102,7 @@ def _run_training(config, resume_dir) -> int:
     except RunExistsError as err:
         return _fail(str(err))
     except TrainingDiverged as err:
-        print(f"teamrl: training stopped: {err}", file=sys.stderr)
+        print(f"teamrl: {err}", file=sys.stderr)
         return 1
     print(f"[teamrl] done: {summary['env_steps'] if 'env_steps' in summary else 0:,} env steps "
           f"per seed, return {summary.get('return_mean', float('nan')):.3f}; run folder "

@@ -30,6 +30,10 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        # Flatten leading axes: XLA:CPU runs a dot over [B, N, in] with two contracting
+        # dims in the backward pass about 2x slower than the same GEMM on [B*N, in].
+        lead = x.shape[:-1]
+        x = x.reshape((-1, x.shape[-1]))
         act = _ACTIVATIONS[self.activation]
         for width in self.hidden_sizes:
             x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)),
@@ -37,8 +41,9 @@ class MLP(nn.Module):
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = act(x)
-        return nn.Dense(self.out_dim, kernel_init=nn.initializers.orthogonal(self.out_gain),
-                        bias_init=nn.initializers.zeros)(x)
+        out = nn.Dense(self.out_dim, kernel_init=nn.initializers.orthogonal(self.out_gain),
+                       bias_init=nn.initializers.zeros)(x)
+        return out.reshape(lead + (self.out_dim,))
 
 
 class GaussianHead(nn.Module):

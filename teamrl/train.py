@@ -71,8 +71,7 @@ class Trainer:
     def __post_init__(self):
         self.team_env, self.algo = build(self.config)
         self.spec = self.team_env.spec
-        self._chunk = jax.jit(jax.vmap(self._run_chunk, in_axes=(0, None)), static_argnums=1,
-                              donate_argnums=0)
+        self._chunk = jax.jit(jax.vmap(self._run_chunk, in_axes=(0, None)), static_argnums=1)
 
     # ------------------------------------------------------------------------ init
     def seed_keys(self) -> jax.Array:

@@ -71,12 +71,16 @@ class AgentOptimizer:
         """Returns (new params, new opt state, grad norm ([] mean over agents))."""
         def one(g, s, p):
             updates, s = self.tx.update(g, s, p)
-            return optax.apply_updates(p, updates), s, optax.global_norm(g)
+            return optax.apply_updates(p, updates), s, global_norm(g)
 
         if self.stacked:
             params, opt_state, norm = jax.vmap(one)(grads, opt_state, params)
             return params, opt_state, norm.mean()
         return one(grads, opt_state, params)
+
+
+def global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def make_tx(lr: float, cfg: PPOConfig, gradient_steps: int) -> optax.GradientTransformation:
@@ -121,11 +125,23 @@ def flatten_time(batch_tree, length: int):
     return jax.tree.map(lambda x: x.reshape((length,) + x.shape[2:]), batch_tree)
 
 
-def minibatch_indices(key, num_samples: int, epochs: int, minibatches: int) -> jax.Array:
-    """[epochs, minibatches, num_samples // minibatches] shuffled sample indices."""
-    keys = jax.random.split(key, epochs)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(keys)
-    return perms.reshape(epochs, minibatches, num_samples // minibatches)
+def shuffled_minibatches(key, data, minibatches: int):
+    """Shuffle [B, ...] leaves once and split them into [minibatches, B // minibatches, ...]
+    (one gather per epoch; the minibatch scan then slices contiguously)."""
+    num_samples = jax.tree.leaves(data)[0].shape[0]
+    perm = jax.random.permutation(key, num_samples)
+    return jax.tree.map(
+        lambda x: x[perm].reshape((minibatches, num_samples // minibatches) + x.shape[1:]), data)
+
+
+def run_epochs(step, carry, data, key, epochs: int, minibatches: int):
+    """Scan ``step(carry, minibatch) -> (carry, metrics)`` over shuffled minibatches for
+    ``epochs`` passes; returns (carry, metrics averaged over all steps)."""
+    def epoch(carry, epoch_key):
+        return jax.lax.scan(step, carry, shuffled_minibatches(epoch_key, data, minibatches))
+
+    carry, metrics = jax.lax.scan(epoch, carry, jax.random.split(key, epochs))
+    return carry, jax.tree.map(jnp.mean, metrics)
 
 
 class OnPolicyActorCritic:
@@ -224,7 +240,6 @@ def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax
     steps, envs = batch.reward.shape
     data = flatten_time({"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob,
                          "value": batch.value, "adv": adv, "target": target}, steps * envs)
-    indices = minibatch_indices(key, steps * envs, cfg.epochs, cfg.minibatches)
 
     def actor_loss_fn(params, mb):
         dist = algo.actor.distribution(params, mb["obs"].obs, mb["obs"].avail)
@@ -240,8 +255,7 @@ def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax
                "clip_frac": masked_agent_mean(jnp.abs(ratio - 1) > cfg.clip_eps, alive).mean()}
         return loss, aux
 
-    def minibatch_step(ts: TrainState, idx):
-        mb = jax.tree.map(lambda x: x[idx], data)
+    def minibatch_step(ts: TrainState, mb):
         (loss, aux), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(ts.actor_params, mb)
         params, opt, actor_norm = algo.actor_tx.step(grads, ts.actor_opt, ts.actor_params)
         ts = ts.replace(actor_params=params, actor_opt=opt)
@@ -250,5 +264,4 @@ def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax
                    "critic_grad_norm": critic_norm, **aux}
         return ts, metrics
 
-    ts, metrics = jax.lax.scan(minibatch_step, ts, indices.reshape(-1, indices.shape[-1]))
-    return ts, jax.tree.map(jnp.mean, metrics)
+    return run_epochs(minibatch_step, ts, data, key, cfg.epochs, cfg.minibatches)

@@ -78,19 +78,9 @@ _MPE_SCENARIOS = {
 }
 
 
-def _import_jaxmarl():
-    """Import jaxmarl without its start-up chatter on stdout."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        import jaxmarl
-    return jaxmarl
-
-
 def _mpe_builder(jaxmarl_name: str):
     def build(opts: MPEOptions):
-        jaxmarl = _import_jaxmarl()
+        import jaxmarl
 
         kwargs = {"action_type": "Continuous" if opts.action == "continuous" else "Discrete",
                   "max_steps": opts.max_steps}

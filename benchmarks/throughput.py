@@ -1,0 +1,82 @@
+"""Training throughput of IPPO and MAPPO on mpe/simple_spread at JaxMARL's published IPPO
+settings (16 envs x 128 steps, 4 epochs x 4 minibatches, 64-64 tanh, lr 2.5e-4).
+
+Prints env-steps/s (all seeds together; compile time separately) and the final return for
+1 seed and for several seeds vectorised in one program. The reference figure for JaxMARL's
+own IPPO on this machine kind (~61,000 env-steps/s, 1 seed) is in ../shared/REFERENCE.md §6.
+
+    python benchmarks/throughput.py                       # ippo+mappo, 2M steps, seeds 1 and 8
+    python benchmarks/throughput.py --algos ippo --steps 500000 --seeds 1 8 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+from teamrl.cli_config import base_config
+from teamrl.config import apply_overrides
+from teamrl.train import Trainer, total_updates
+
+JAXMARL_IPPO_SETTINGS = {
+    "num_envs": 16, "rollout_length": 128, "epochs": 4, "minibatches": 4,
+    "hidden_sizes": "[64,64]", "activation": "tanh", "lr": 2.5e-4, "critic_lr": 2.5e-4,
+    "clip_eps": 0.2, "ent_coef": 0.01, "max_grad_norm": 0.5, "gamma": 0.99, "gae_lambda": 0.95,
+    "share_actor": "true", "agent_id": "false", "progress": "none",
+}
+
+
+def measure(algo: str, env_id: str, steps: int, seeds: int) -> dict:
+    config = base_config(algo, env_id)
+    apply_overrides(config, {**JAXMARL_IPPO_SETTINGS, "total_steps": steps, "seeds": seeds})
+    trainer = Trainer(config)
+    runner = trainer.init()
+    updates = total_updates(config.run)
+    start = time.perf_counter()
+    compiled = trainer._chunk.lower(runner, updates).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    runner, metrics = compiled(runner)
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - start
+    env_steps = updates * config.run.num_envs * config.run.rollout_length
+    tail = slice(-max(updates // 20, 1), None)  # the last 5 % of updates
+    final = float(np.sum(metrics["return_sum"][:, tail]) / max(np.sum(metrics["episodes"][:, tail]), 1))
+    return {"algo": algo, "env": env_id, "seeds": seeds, "env_steps": env_steps,
+            "env_steps_per_s": round(env_steps * seeds / elapsed, 1),
+            "compile_s": round(compile_s, 2), "final_return": round(final, 3)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algos", nargs="+", default=["ippo", "mappo"])
+    parser.add_argument("--env", default="mpe/simple_spread")
+    parser.add_argument("--steps", type=int, default=2_000_000, help="env steps per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--json", action="store_true", help="one JSON object per row")
+    args = parser.parse_args()
+    rows = []
+    for algo in args.algos:
+        for seeds in args.seeds:
+            row = measure(algo, args.env, args.steps, seeds)
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+    if not args.json:
+        base = {r["algo"]: r["env_steps_per_s"] for r in rows if r["seeds"] == 1}
+        print(f"{'algo':6s} {'seeds':>5s} {'env steps':>10s} {'env-steps/s':>12s} "
+              f"{'x 1 seed':>8s} {'compile s':>9s} {'final return':>12s}")
+        for r in rows:
+            ratio = r["env_steps_per_s"] / base[r["algo"]] if r["algo"] in base else float("nan")
+            print(f"{r['algo']:6s} {r['seeds']:5d} {r['env_steps']:10,d} {r['env_steps_per_s']:12,.0f} "
+                  f"{ratio:8.2f} {r['compile_s']:9.1f} {r['final_return']:12.2f}")
+        print("final return: mean over the last 5% of updates' finished episodes, team reward "
+              "= mean of the agents' rewards, 25-step episodes (x3 for JaxMARL's logged convention)")
+
+
+if __name__ == "__main__":
+    main()
