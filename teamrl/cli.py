@@ -120,8 +120,8 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"unknown eval key {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
     from teamrl.config import coerce
 
-    episodes = coerce("episodes", settings.get("episodes", "32"), int)
-    if episodes < 1:
+    episodes = coerce("episodes", settings["episodes"], int) if "episodes" in settings else None
+    if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes={episodes} is out of range; must be >= 1")
     deterministic = coerce("deterministic", settings.get("deterministic", "true"), bool)
     checkpoint = settings.get("checkpoint", "best")
@@ -131,7 +131,7 @@ def cmd_eval(args) -> int:
     mode = "deterministic" if deterministic else "stochastic"
     for row in result["seeds"]:
         print(f"seed {row['seed']}: return {row['return_mean']:.3f} ± {row['return_std']:.3f} "
-              f"(min {row['return_min']:.3f}, max {row['return_max']:.3f}) over {episodes} "
+              f"(min {row['return_min']:.3f}, max {row['return_max']:.3f}) over {result['episodes']} "
               f"{mode} episodes")
     print(f"[teamrl] mean return {result['return_mean']:.3f} ({result['checkpoint']} checkpoint "
           f"at {result['env_steps']} env steps); written to {result['file']}")

@@ -45,8 +45,10 @@ class MaskedCategorical:
 
     def log_prob(self, action: jax.Array) -> jax.Array:
         """[...] log pi(action)."""
-        return jnp.take_along_axis(self.log_probs, action[..., None].astype(jnp.int32),
-                                   axis=-1)[..., 0]
+        # A one-hot select-and-sum rather than take_along_axis: the gather's gradient is a
+        # scatter, which XLA:CPU does not fuse; this is an elementwise select plus a reduce.
+        one_hot = action[..., None] == jnp.arange(self.logits.shape[-1])
+        return jnp.sum(jnp.where(one_hot, self.log_probs, 0.0), axis=-1)
 
     def entropy(self) -> jax.Array:
         """[...] entropy over available actions only."""

@@ -54,8 +54,14 @@ def collect(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry, ke
     """Run ``length`` steps of E envs.
 
     Args:
-        act: (obs: TeamObs [E,...], key) -> (action [E, N(, A)], log_prob [E, N], value [E, N]).
-        value_fn: (obs: TeamObs [E,...]) -> value [E, N], the critic at arbitrary observations.
+        act: (obs: TeamObs [E,...], key) -> (action [E, N(, A)], log_prob [E, N], value [E, N]
+            or None). With ``value=None`` the critic is evaluated after the scan instead.
+        value_fn: (obs: TeamObs [...]) -> value [..., N], the critic at arbitrary observations.
+
+    The critic does not influence the actions, so it need not run inside the sequential scan:
+    ``next_value`` (and ``value`` when ``act`` leaves it out) come from one batched critic call
+    over all T·E observations after the scan, which on CPU is cheaper than T small calls
+    dominated by per-op overhead (MPE, 16 envs x 128 steps: rollout 15 -> 12 ms).
     """
     num_envs = carry.episode_return.shape[0]
     env_step = jax.vmap(team_env.step)
@@ -64,16 +70,25 @@ def collect(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry, ke
         act_key, env_key = jax.random.split(step_key)
         action, log_prob, value = act(carry.obs, act_key)
         env_state, out = env_step(jax.random.split(env_key, num_envs), carry.env_state, action)
-        next_value = value_fn(out.final_obs)
         episode_return = carry.episode_return + out.reward
         done = out.terminated | out.truncated
         finished = jnp.where(done, episode_return, jnp.nan)
-        transition = Batch(carry.obs, action, log_prob, value, next_value, out.reward,
-                           out.terminated, out.truncated)
+        # next_value is filled in after the scan from final_obs (the observation reached by
+        # the step, before any reset, so truncated steps bootstrap from the right state).
+        transition = (Batch(carry.obs, action, log_prob, value, None, out.reward,
+                            out.terminated, out.truncated), out.final_obs)
         new_carry = RolloutCarry(env_state, out.next_obs, jnp.where(done, 0.0, episode_return))
         return new_carry, (transition, finished)
 
-    carry, (batch, finished) = jax.lax.scan(step, carry, jax.random.split(key, length))
+    carry, ((batch, final_obs), finished) = jax.lax.scan(step, carry,
+                                                         jax.random.split(key, length))
+    if batch.value is None:
+        # One critic call over [obs; final_obs] stacked on the time axis: [2T, E, ...].
+        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), batch.obs, final_obs)
+        value, next_value = jnp.split(value_fn(both), 2)
+        batch = batch._replace(value=value, next_value=next_value)
+    else:
+        batch = batch._replace(next_value=value_fn(final_obs))
     done_mask = ~jnp.isnan(finished)
     stats = EpisodeStats(
         return_sum=jnp.where(done_mask, finished, 0.0).sum(),

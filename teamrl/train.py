@@ -92,7 +92,13 @@ class Trainer:
     def _update(self, runner: Runner, _):
         key, rollout_key, update_key = jax.random.split(runner.key, 3)
         ts = runner.train_state
-        act = partial(self.algo.act, ts)
+
+        def act(obs, key):
+            # Values are left to ``collect``, which evaluates the critic once, batched over
+            # the whole rollout, after the scan (XLA drops the unused in-loop critic call).
+            action, log_prob, _ = self.algo.act(ts, obs, key)
+            return action, log_prob, None
+
         values = partial(self.algo.values, ts)
         rollout, batch, stats = collect(self.team_env, act, values, runner.rollout, rollout_key,
                                         self.config.run.rollout_length)
@@ -215,6 +221,7 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
     compiled = {}
     summary = {"run_dir": str(run_dir), "updates": updates_done}
     rows_written = 0
+    saved_update = updates_done
     start = time.perf_counter()
     with progress, runs.MetricsWriter(run_dir, resume=resume_dir is not None) as writer:
         while updates_done < target_updates:
@@ -232,7 +239,7 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
             if problem:
                 raise TrainingDiverged(
                     f"{problem}; training stopped. The last good checkpoint is "
-                    f"{run_dir / 'checkpoints' / 'latest.msgpack'} (update {updates_done})")
+                    f"{run_dir / 'checkpoints' / 'latest.msgpack'} (update {saved_update})")
             runner = new_runner
             updates_done += k
             wall = wall_offset + time.perf_counter() - start
@@ -252,6 +259,7 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
             last_chunk = updates_done >= target_updates
             if rows_written % run.checkpoint_every == 0 or last_chunk:
                 runs.save_checkpoint(run_dir, "latest", runner, meta)
+                saved_update = updates_done
             if is_best:
                 runs.save_checkpoint(run_dir, "best", runner, meta)
             summary.update(updates=updates_done, return_mean=mean_return,

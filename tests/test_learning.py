@@ -20,8 +20,8 @@ from teamrl.evaluate import evaluate_run
 pytestmark = pytest.mark.slow
 
 
-def _train_and_eval(tmp_path, algo, env_id, *settings, episodes=16):
-    out = tmp_path / f"{algo}_{env_id.replace('/', '_')}"
+def _train_and_eval(tmp_path, algo, env_id, *settings, episodes=16, name="run"):
+    out = tmp_path / f"{algo}_{env_id.replace('/', '_')}_{name}"
     assert main(["train", algo, env_id, f"out={out}", "progress=none", *settings]) == 0
     result = evaluate_run(out, episodes=episodes, deterministic=True, checkpoint="latest")
     return np.array([s["return_mean"] for s in result["seeds"]]), out
@@ -31,10 +31,10 @@ def test_mappo_separate_actors_solve_split_and_shared_actors_cannot(tmp_path):
     common = ["total_steps=60000", "seeds=5", "num_envs=16", "rollout_length=32", "lr=3e-3",
               "epochs=5"]
     separate, _ = _train_and_eval(tmp_path, "mappo", "didactic/split", "share_actor=false",
-                                  *common)
+                                  *common, name="separate")
     assert (separate >= 0.99).sum() >= 4, separate
     shared, out = _train_and_eval(tmp_path, "mappo", "didactic/split", "share_actor=true",
-                                  "agent_id=false", *common)
+                                  "agent_id=false", *common, name="shared")
     # Without ids every agent plays the same action distribution: at most 2/2^4 in expectation
     # (deterministic evaluation plays one identical action per agent: 0).
     rows = runs.read_metrics(out)
@@ -47,3 +47,18 @@ def test_mappo_separate_actors_reach_a_coordinated_equilibrium_on_climbing(tmp_p
     returns, _ = _train_and_eval(tmp_path, "mappo", "didactic/climbing", "share_actor=false",
                                  "total_steps=100000", "seeds=5")
     assert (returns >= 7.0).sum() >= 4, returns
+
+
+# Mean team reward (mean over the 3 agents) summed over 25-step episodes; x3 for the HARL /
+# JaxMARL "sum over agents" convention. Uniform-random start: about -25 (-75 summed).
+SPREAD_THRESHOLD = -21.0
+
+
+@pytest.mark.parametrize("algo", ["mappo", "ippo"])
+def test_simple_spread_beats_calibrated_threshold(tmp_path, algo):
+    out = tmp_path / algo
+    assert main(["train", algo, "mpe/simple_spread", f"out={out}", "total_steps=500000",
+                 "seeds=2", "progress=none"]) == 0
+    rows = runs.read_metrics(out)
+    final = [r["return_mean"] for r in rows if r["env_steps"] == rows[-1]["env_steps"]]
+    assert min(final) >= SPREAD_THRESHOLD, final

@@ -11,6 +11,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from teamrl.advantages import RunningNorm, gae
@@ -125,11 +126,32 @@ def flatten_time(batch_tree, length: int):
     return jax.tree.map(lambda x: x.reshape((length,) + x.shape[2:]), batch_tree)
 
 
+def random_permutation(key, n: int) -> jax.Array:
+    """A uniformly random permutation of ``arange(n)``, as ``jax.random.permutation``.
+
+    Same algorithm (repeated sorts by random keys, enough rounds that key ties don't bias
+    the result), but each round sorts ONE packed uint32 array: random bits in the high bits,
+    the values being permuted in the low ``ceil(log2 n)`` bits. XLA:CPU sorts one operand
+    about 2.5x faster than the (keys, values) pair jax sorts, and this runs every epoch.
+    """
+    index_bits = max(int(n - 1).bit_length(), 1)
+    random_bits = 32 - index_bits
+    if random_bits < 16:  # too few random bits left per round; use jax's own shuffle
+        return jax.random.permutation(key, n)
+    # jax.random's rule for the number of rounds, with random_bits-bit sort keys.
+    rounds = int(np.ceil(3 * np.log(max(n, 2)) / np.log(2.0**random_bits)))
+    values = jnp.arange(n, dtype=jnp.uint32)
+    for round_key in jax.random.split(key, rounds):
+        high = jax.random.bits(round_key, (n,), jnp.uint32) >> index_bits << index_bits
+        values = jnp.sort(high | values) & ((1 << index_bits) - 1)
+    return values.astype(jnp.int32)
+
+
 def shuffled_minibatches(key, data, minibatches: int):
     """Shuffle [B, ...] leaves once and split them into [minibatches, B // minibatches, ...]
     (one gather per epoch; the minibatch scan then slices contiguously)."""
     num_samples = jax.tree.leaves(data)[0].shape[0]
-    perm = jax.random.permutation(key, num_samples)
+    perm = random_permutation(key, num_samples)
     return jax.tree.map(
         lambda x: x[perm].reshape((minibatches, num_samples // minibatches) + x.shape[1:]), data)
 
@@ -216,15 +238,16 @@ class OnPolicyActorCritic:
         return per_agent.mean() if shared else per_agent.sum()
 
     # ------------------------------------------------------------------- critic step
+    def critic_loss(self, critic_params, mb: dict) -> jax.Array:
+        """The critic's loss on a minibatch dict with obs, value, target (agents reduced)."""
+        pred = self.critic.values(critic_params, mb["obs"].obs, mb["obs"].state)
+        per_agent = masked_agent_mean(value_loss(pred, mb["value"], mb["target"], self.cfg),
+                                      mb["obs"].alive)
+        return self.agent_reduce(per_agent, shared=not self.critic_tx.stacked)
+
     def critic_step(self, ts: TrainState, mb: dict):
         """One gradient step of the critic on a minibatch dict with obs, value, target, alive."""
-        def loss_fn(params):
-            pred = self.critic.values(params, mb["obs"].obs, mb["obs"].state)
-            per_agent = masked_agent_mean(value_loss(pred, mb["value"], mb["target"], self.cfg),
-                                          mb["obs"].alive)
-            return self.agent_reduce(per_agent, shared=not self.critic_tx.stacked)
-
-        loss, grads = jax.value_and_grad(loss_fn)(ts.critic_params)
+        loss, grads = jax.value_and_grad(self.critic_loss)(ts.critic_params, mb)
         params, opt, norm = self.critic_tx.step(grads, ts.critic_opt, ts.critic_params)
         return ts.replace(critic_params=params, critic_opt=opt), loss, norm
 
@@ -255,11 +278,24 @@ def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax
                "clip_frac": masked_agent_mean(jnp.abs(ratio - 1) > cfg.clip_eps, alive).mean()}
         return loss, aux
 
+    def loss_fn(params, mb):
+        # Actor and critic differentiated in one pass: the critic loss does not depend on the
+        # actor parameters (nor the actor loss on the critic's), so the gradients are those of
+        # separate passes, but XLA sees one program instead of two (fewer, larger fusions).
+        actor_params, critic_params = params
+        actor_loss, aux = actor_loss_fn(actor_params, mb)
+        critic_loss = algo.critic_loss(critic_params, mb)
+        return actor_loss + critic_loss, (actor_loss, critic_loss, aux)
+
     def minibatch_step(ts: TrainState, mb):
-        (loss, aux), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(ts.actor_params, mb)
-        params, opt, actor_norm = algo.actor_tx.step(grads, ts.actor_opt, ts.actor_params)
-        ts = ts.replace(actor_params=params, actor_opt=opt)
-        ts, critic_loss, critic_norm = algo.critic_step(ts, mb)
+        (_, (loss, critic_loss, aux)), (actor_grads, critic_grads) = jax.value_and_grad(
+            loss_fn, has_aux=True)((ts.actor_params, ts.critic_params), mb)
+        actor_params, actor_opt, actor_norm = algo.actor_tx.step(
+            actor_grads, ts.actor_opt, ts.actor_params)
+        critic_params, critic_opt, critic_norm = algo.critic_tx.step(
+            critic_grads, ts.critic_opt, ts.critic_params)
+        ts = ts.replace(actor_params=actor_params, actor_opt=actor_opt,
+                        critic_params=critic_params, critic_opt=critic_opt)
         metrics = {"actor_loss": loss, "value_loss": critic_loss, "actor_grad_norm": actor_norm,
                    "critic_grad_norm": critic_norm, **aux}
         return ts, metrics
