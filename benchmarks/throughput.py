@@ -27,6 +27,8 @@ JAXMARL_IPPO_SETTINGS = {
     "hidden_sizes": "[64,64]", "activation": "tanh", "lr": 2.5e-4, "critic_lr": 2.5e-4,
     "clip_eps": 0.2, "ent_coef": 0.01, "max_grad_norm": 0.5, "gamma": 0.99, "gae_lambda": 0.95,
     "share_actor": "true", "agent_id": "false", "progress": "none",
+    # JaxMARL's IPPO has no value normalisation and a plain squared-error value loss (clipped).
+    "value_norm": "false", "huber": "false", "value_clip": "true",
 }
 
 
