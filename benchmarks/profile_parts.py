@@ -65,7 +65,7 @@ def profile(algo: str, seeds: int, updates: int, overrides: dict) -> dict:
     rollout_fn = jax.jit(jax.vmap(rollout_only))
     update_fn = jax.jit(jax.vmap(update_only))
     keys = jax.vmap(jax.random.fold_in, (0, None))(runner.key, 1)
-    full = trainer._chunk.lower(runner, updates).compile()
+    full = trainer.compile_chunk(runner, updates)
     ms = lambda seconds: round(seconds / updates * 1000, 2)
     out = {"algo": algo, "seeds": seeds,
            "rollout_ms": ms(timed(rollout_fn, runner)),

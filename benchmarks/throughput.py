@@ -39,7 +39,7 @@ def measure(algo: str, env_id: str, steps: int, seeds: int) -> dict:
     runner = trainer.init()
     updates = total_updates(config.run)
     start = time.perf_counter()
-    compiled = trainer._chunk.lower(runner, updates).compile()
+    compiled = trainer.compile_chunk(runner, updates)
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     runner, metrics = compiled(runner)

@@ -114,6 +114,11 @@ class Trainer:
     def _run_chunk(self, runner: Runner, num_updates: int):
         return jax.lax.scan(self._update, runner, None, length=num_updates)
 
+    def compile_chunk(self, runner: Runner, num_updates: int):
+        """Ahead-of-time compile K updates for all seeds (so compile time is measured apart);
+        returns a callable runner -> (runner, metrics)."""
+        return self._chunk.lower(runner, num_updates).compile()
+
     def run_chunk(self, runner: Runner, num_updates: int):
         """K updates for all seeds: -> (runner, metrics dict of [S, K] arrays)."""
         return self._chunk(runner, num_updates)
@@ -228,7 +233,7 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
             k = min(chunk, target_updates - updates_done)
             if k not in compiled:
                 t0 = time.perf_counter()
-                compiled[k] = trainer._chunk.lower(runner, k).compile()
+                compiled[k] = trainer.compile_chunk(runner, k)
                 progress.log(f"[teamrl] compiled {k} updates x {run.seeds} seed(s) "
                              f"in {time.perf_counter() - t0:.1f} s")
             t0 = time.perf_counter()

@@ -237,19 +237,13 @@ class OnPolicyActorCritic:
         shared parameters: average over agents (MAPPO's flattened batch)."""
         return per_agent.mean() if shared else per_agent.sum()
 
-    # ------------------------------------------------------------------- critic step
+    # ------------------------------------------------------------------- critic loss
     def critic_loss(self, critic_params, mb: dict) -> jax.Array:
         """The critic's loss on a minibatch dict with obs, value, target (agents reduced)."""
         pred = self.critic.values(critic_params, mb["obs"].obs, mb["obs"].state)
         per_agent = masked_agent_mean(value_loss(pred, mb["value"], mb["target"], self.cfg),
                                       mb["obs"].alive)
         return self.agent_reduce(per_agent, shared=not self.critic_tx.stacked)
-
-    def critic_step(self, ts: TrainState, mb: dict):
-        """One gradient step of the critic on a minibatch dict with obs, value, target, alive."""
-        loss, grads = jax.value_and_grad(self.critic_loss)(ts.critic_params, mb)
-        params, opt, norm = self.critic_tx.step(grads, ts.critic_opt, ts.critic_params)
-        return ts.replace(critic_params=params, critic_opt=opt), loss, norm
 
 
 def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax.Array):
