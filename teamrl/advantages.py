@@ -21,19 +21,37 @@ def gae(reward, value, next_value, terminated, truncated, gamma: float, lam: flo
     Returns:
         advantages [T, E, N], returns (advantages + value) [T, E, N].
     """
+    return corrected_gae(reward, value, next_value, terminated, truncated,
+                         jnp.ones_like(value), gamma, lam)
+
+
+def corrected_gae(reward, value, next_value, terminated, truncated, trace, gamma: float,
+                  lam: float):
+    """GAE with truncated importance weights on the continuation (A2PO's preceding-agent
+    off-policy correction): Â_t = Σ_{l≥t} (γλ)^{l−t} (Π_{k=t+1}^{l} c_k) δ_l, i.e.
+    Â_t = δ_t + γλ·c_{t+1}·Â_{t+1} within an episode.
+
+    Args: as ``gae``, plus
+        trace: [T, E, N] c_t = min(1, Π_{earlier agents j} π_j^new / π_j^old at step t); the
+            caller truncates. All ones gives exactly ``gae``.
+    Returns:
+        advantages [T, E, N], returns (advantages + value) [T, E, N].
+    """
     expand = lambda x: x.reshape(x.shape + (1,) * (value.ndim - x.ndim))
     reward = expand(reward)
     not_terminated = 1.0 - expand(terminated).astype(value.dtype)
     not_done = 1.0 - expand(terminated | truncated).astype(value.dtype)
     delta = reward + gamma * next_value * not_terminated - value
+    # c_{t+1} weighs the continuation from step t; the last step has no continuation.
+    next_trace = jnp.concatenate([trace[1:], jnp.ones_like(trace[:1])])
 
     def backward(carry, inputs):
-        delta_t, not_done_t = inputs
-        advantage = delta_t + gamma * lam * not_done_t * carry
+        delta_t, not_done_t, trace_t = inputs
+        advantage = delta_t + gamma * lam * not_done_t * trace_t * carry
         return advantage, advantage
 
-    _, advantages = jax.lax.scan(backward, jnp.zeros_like(value[0]), (delta, not_done),
-                                 reverse=True)
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(value[0]),
+                                 (delta, not_done, next_trace), reverse=True)
     return advantages, advantages + value
 
 

@@ -23,9 +23,12 @@ class ConfigError(ValueError):
     """Bad user input; the message is one line naming the bad value and the valid choices."""
 
 
-def option(default, help: str, choices=None, low=None, high=None, low_open=False):
-    """A dataclass field with its help text and range, used for parsing and validation."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
+def option(default, help: str, choices=None, low=None, high=None, low_open=False,
+           high_open=False):
+    """A dataclass field with its help text and range (``*_open``: bound excluded), used for
+    parsing and validation."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
+            "high_open": high_open}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -158,13 +161,16 @@ def validate_section(section) -> None:
             if not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value!r} must be finite")
             low, high = meta.get("low"), meta.get("high")
-            if low is not None and (value < low or (meta.get("low_open") and value == low)):
-                rel = ">" if meta.get("low_open") else ">="
-                raise ConfigError(f"{f.name}={value!r} is out of range; must be {rel} {low}"
-                                  + (f" and <= {high}" if high is not None else ""))
-            if high is not None and value > high:
-                raise ConfigError(f"{f.name}={value!r} is out of range; must be <= {high}"
-                                  + (f" and >= {low}" if low is not None else ""))
+            low_rel = ">" if meta.get("low_open") else ">="
+            high_rel = "<" if meta.get("high_open") else "<="
+            too_low = low is not None and (value < low or (meta.get("low_open") and value == low))
+            too_high = high is not None and (value > high
+                                             or (meta.get("high_open") and value == high))
+            if too_low or too_high:
+                bounds = [f"{rel} {b}" for rel, b in ((low_rel, low), (high_rel, high))
+                          if b is not None]
+                raise ConfigError(f"{f.name}={value!r} is out of range; must be "
+                                  + " and ".join(bounds))
         if isinstance(value, list) and f.name == "hidden_sizes":
             if not value or not all(isinstance(v, int) and v > 0 for v in value):
                 raise ConfigError(f"hidden_sizes={value!r} must be a non-empty list of "

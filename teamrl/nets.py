@@ -123,6 +123,11 @@ class Actor:
         out = self.stack.apply(params, obs)
         return self._wrap(out, avail)
 
+    def distribution_of(self, params_one, obs: jax.Array, avail: jax.Array):
+        """Unstacked parameters (one agent's slice, or the shared set) applied to every row:
+        obs [..., D], avail [..., A] -> distribution over [...]."""
+        return self._wrap(self.stack.module.apply(params_one, obs), avail)
+
     def _wrap(self, out, avail):
         if self.spec.discrete:
             return MaskedCategorical(logits=out, avail=avail)

@@ -22,19 +22,17 @@ from teamrl.rollout import Batch
 
 
 @dataclass
-class PPOConfig:
-    """The MAPPO practices (HARL defaults), each switchable."""
+class ActorCriticConfig:
+    """Settings every on-policy actor-critic shares: the critic, value targets and batching
+    (the MAPPO practices, HARL defaults, each switchable)."""
 
     gamma: float = option(0.99, "discount", low=0.0, high=1.0)
     gae_lambda: float = option(0.95, "GAE lambda", low=0.0, high=1.0)
-    lr: float = option(5e-4, "actor learning rate", low=0.0, low_open=True)
     critic_lr: float = option(5e-4, "critic learning rate", low=0.0, low_open=True)
     adam_eps: float = option(1e-5, "Adam epsilon", low=0.0, low_open=True)
     lr_decay: bool = option(False, "decay learning rates linearly to 0 over total_steps")
     epochs: int = option(5, "passes over each batch", low=1)
     minibatches: int = option(1, "minibatches per epoch", low=1)
-    clip_eps: float = option(0.2, "PPO ratio clip epsilon", low=0.0, low_open=True)
-    ent_coef: float = option(0.01, "entropy bonus coefficient", low=0.0)
     max_grad_norm: float = option(10.0, "gradient clipping by global norm (per agent)",
                                   low=0.0, low_open=True)
     value_norm: bool = option(True, "running normalisation of value targets")
@@ -44,6 +42,15 @@ class PPOConfig:
     huber_delta: float = option(10.0, "Huber delta", low=0.0, low_open=True)
     adv_norm: bool = option(True, "normalise advantages over the batch")
     share_actor: bool = option(False, "one actor shared by all agents (with agent ids)")
+
+
+@dataclass
+class PPOConfig(ActorCriticConfig):
+    """Actors trained by Adam on a clipped surrogate."""
+
+    lr: float = option(5e-4, "actor learning rate", low=0.0, low_open=True)
+    clip_eps: float = option(0.2, "PPO ratio clip epsilon", low=0.0, low_open=True)
+    ent_coef: float = option(0.01, "entropy bonus coefficient", low=0.0)
 
 
 @flax.struct.dataclass
@@ -84,7 +91,7 @@ def global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-def make_tx(lr: float, cfg: PPOConfig, gradient_steps: int) -> optax.GradientTransformation:
+def make_tx(lr: float, cfg: ActorCriticConfig, gradient_steps: int) -> optax.GradientTransformation:
     schedule = optax.linear_schedule(lr, 0.0, max(gradient_steps, 1)) if cfg.lr_decay else lr
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
                        optax.adam(schedule, eps=cfg.adam_eps))
@@ -101,7 +108,7 @@ def clipped_surrogate(ratio, advantage, eps):
     return jnp.minimum(ratio * advantage, jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * advantage)
 
 
-def value_loss(pred, old_pred, target, cfg: PPOConfig) -> jax.Array:
+def value_loss(pred, old_pred, target, cfg: ActorCriticConfig) -> jax.Array:
     """Elementwise value loss in normalised space, with optional clipping and Huber."""
     def err(e):
         return optax.huber_loss(e, delta=cfg.huber_delta) if cfg.huber else 0.5 * e**2
@@ -181,7 +188,9 @@ class OnPolicyActorCritic:
         self.actor = Actor(spec, net, shared=cfg.share_actor)
         self.critic = Critic(spec, net, central=self.central_critic, shared=cfg.share_actor)
         steps = total_updates * cfg.epochs * cfg.minibatches
-        self.actor_tx = AgentOptimizer(make_tx(cfg.lr, cfg, steps), stacked=not cfg.share_actor)
+        # Trust-region actors (no ``lr``) take natural-gradient steps without an optimiser.
+        self.actor_tx = (AgentOptimizer(make_tx(cfg.lr, cfg, steps), stacked=not cfg.share_actor)
+                         if hasattr(cfg, "lr") else None)
         critic_stacked = not (self.central_critic or cfg.share_actor)
         self.critic_tx = AgentOptimizer(make_tx(cfg.critic_lr, cfg, steps), stacked=critic_stacked)
 
@@ -201,7 +210,8 @@ class OnPolicyActorCritic:
         actor_key, critic_key = jax.random.split(key)
         actor_params = self.actor.init(actor_key)
         critic_params = self.critic.init(critic_key)
-        return TrainState(actor_params, critic_params, self.actor_tx.init(actor_params),
+        actor_opt = self.actor_tx.init(actor_params) if self.actor_tx else ()
+        return TrainState(actor_params, critic_params, actor_opt,
                           self.critic_tx.init(critic_params), RunningNorm.create())
 
     # ----------------------------------------------------------------------- acting
@@ -246,27 +256,57 @@ class OnPolicyActorCritic:
         return self.agent_reduce(per_agent, shared=not self.critic_tx.stacked)
 
 
-def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax.Array):
-    """Simultaneous PPO update of all agents (IPPO, MAPPO): every agent maximises
-    min(r_i·Â_i, clip(r_i, 1±ε)·Â_i) with its own ratio; returns (train state, metrics)."""
-    cfg = algo.cfg
+def prepare_batch(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch):
+    """Advantages and value targets of a rollout, flattened over time and envs.
+
+    Returns (train state with the updated value normaliser, data dict of [B = T·E, ...]
+    leaves: obs (TeamObs), action, log_prob, value, adv (normalised if ``adv_norm``), target).
+    """
     adv, target, value_norm = algo.advantages_and_targets(ts, batch)
     ts = ts.replace(value_norm=value_norm)
-    if cfg.adv_norm:
+    if algo.cfg.adv_norm:
         adv = normalise_advantages(adv, batch.obs.alive)
     steps, envs = batch.reward.shape
     data = flatten_time({"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob,
                          "value": batch.value, "adv": adv, "target": target}, steps * envs)
+    return ts, data
+
+
+def critic_update(algo: OnPolicyActorCritic, ts: TrainState, data: dict, key: jax.Array):
+    """The critic's own epochs over ``data`` (obs, value, target); for algorithms whose actors
+    are updated separately. Returns (train state, metrics)."""
+    def step(ts: TrainState, mb):
+        loss, grads = jax.value_and_grad(algo.critic_loss)(ts.critic_params, mb)
+        params, opt, norm = algo.critic_tx.step(grads, ts.critic_opt, ts.critic_params)
+        return ts.replace(critic_params=params, critic_opt=opt), {"value_loss": loss,
+                                                                 "critic_grad_norm": norm}
+
+    critic_data = {k: data[k] for k in ("obs", "value", "target")}
+    return run_epochs(step, ts, critic_data, key, algo.cfg.epochs, algo.cfg.minibatches)
+
+
+def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax.Array,
+               surrogate=None):
+    """Simultaneous update of all agents (IPPO, MAPPO, CoPPO); returns (train state, metrics).
+
+    ``surrogate(log_ratio [B, N], adv [B, N], alive [B, N]) -> [B, N]`` is the per-sample
+    objective each agent maximises; the default is PPO's min(r_i·Â, clip(r_i, 1±ε)·Â).
+    """
+    cfg = algo.cfg
+    if surrogate is None:
+        surrogate = lambda log_ratio, adv, alive: clipped_surrogate(jnp.exp(log_ratio), adv,
+                                                                    cfg.clip_eps)
+    ts, data = prepare_batch(algo, ts, batch)
 
     def actor_loss_fn(params, mb):
         dist = algo.actor.distribution(params, mb["obs"].obs, mb["obs"].avail)
         log_prob = dist.log_prob(mb["action"])
-        log_ratio = log_prob - mb["log_prob"]
-        ratio = jnp.exp(log_ratio)
         alive = mb["obs"].alive
-        surrogate = masked_agent_mean(clipped_surrogate(ratio, mb["adv"], cfg.clip_eps), alive)
+        log_ratio = jnp.where(alive, log_prob - mb["log_prob"], 0.0)
+        ratio = jnp.exp(log_ratio)
+        objective = masked_agent_mean(surrogate(log_ratio, mb["adv"], alive), alive)
         entropy = masked_agent_mean(dist.entropy(), alive)
-        loss = algo.agent_reduce(-surrogate - cfg.ent_coef * entropy, shared=cfg.share_actor)
+        loss = algo.agent_reduce(-objective - cfg.ent_coef * entropy, shared=cfg.share_actor)
         aux = {"entropy": entropy.mean(),
                "approx_kl": masked_agent_mean((ratio - 1) - log_ratio, alive).mean(),
                "clip_frac": masked_agent_mean(jnp.abs(ratio - 1) > cfg.clip_eps, alive).mean()}

@@ -1,0 +1,137 @@
+"""Natural-gradient machinery of TRPO, TNPG and HATRPO: Fisher-vector products by automatic
+differentiation (never a dense Fisher), conjugate gradient, the KL-sized step and the
+backtracking line search.
+
+Everything works on one flat parameter vector (``jax.flatten_util.ravel_pytree``): one agent's
+parameters, or the shared actor's, are a few thousand numbers, and flat vectors make the
+conjugate-gradient algebra plain dot products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from teamrl.config import option
+
+
+@dataclass
+class TrustRegionConfig:
+    """The trust-region settings (HARL's HATRPO defaults)."""
+
+    kl_threshold: float = option(0.01, "trust-region size delta: mean KL(pi_old || pi) bound",
+                                 low=0.0, low_open=True)
+    cg_iters: int = option(10, "conjugate-gradient iterations", low=1)
+    cg_damping: float = option(0.1, "damping added to the Fisher: (F + damping*I) v", low=0.0)
+    line_search_steps: int = option(10, "backtracking line-search steps", low=1)
+    backtrack_coef: float = option(0.8, "step shrink factor per line-search step", low=0.0,
+                                   high=1.0, low_open=True, high_open=True)
+    accept_ratio: float = option(0.5, "accept a step when improvement >= this x expected",
+                                 low=0.0)
+
+
+def fisher_vector_product(kl_fn: Callable, flat_params: jax.Array, damping: float = 0.0
+                          ) -> Callable[[jax.Array], jax.Array]:
+    """v -> (F + damping·I) v, where F is the Hessian of ``kl_fn`` at ``flat_params``.
+
+    ``kl_fn(flat) -> []`` is the mean KL(π_old ‖ π_flat) with π_old held fixed; its Hessian at
+    π = π_old is the Fisher information of the policy. The product is forward-over-reverse
+    autodiff, linearised once so each conjugate-gradient iteration costs one linear pass.
+    """
+    _, hvp = jax.linearize(jax.grad(kl_fn), flat_params)
+    return lambda v: hvp(v) + damping * v
+
+
+def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int = 10,
+                       residual_tol: float = 1e-10) -> jax.Array:
+    """Approximately solve A x = b for symmetric positive-definite A given as ``matvec``.
+
+    A fixed number of iterations (compiled as a fori_loop); once the squared residual falls
+    below ``residual_tol`` the iterate is frozen (no division by a vanishing curvature).
+    """
+    def body(_, state):
+        x, r, p, rr = state
+        active = rr > residual_tol
+        ap = matvec(p)
+        p_ap = jnp.vdot(p, ap)
+        alpha = jnp.where(active & (p_ap > 0), rr / jnp.where(p_ap > 0, p_ap, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        new_rr = jnp.vdot(r, r)
+        beta = jnp.where(active, new_rr / jnp.where(rr > 0, rr, 1.0), 0.0)
+        p = jnp.where(active, r + beta * p, p)
+        return x, r, p, jnp.where(active, new_rr, rr)
+
+    state = (jnp.zeros_like(b), b, b, jnp.vdot(b, b))
+    return jax.lax.fori_loop(0, iterations, body, state)[0]
+
+
+def trust_region_step(objective: Callable, kl: Callable, params, cfg: TrustRegionConfig,
+                      line_search: bool = True):
+    """One TRPO step that maximises ``objective(params)`` subject to ``kl(params) <= δ``.
+
+    The search direction s solves F s = g (g the objective's gradient) by conjugate gradient;
+    the full step √(2δ / sᵀFs)·s makes the quadratic KL model equal δ. With ``line_search``
+    the step is shrunk by ``backtrack_coef`` up to ``line_search_steps`` times and accepted at
+    the first fraction whose measured KL ≤ δ and whose improvement is positive and at least
+    ``accept_ratio`` of the linear model's; if none passes, the parameters stay unchanged
+    (a rejection). Without it (TNPG) the full natural-gradient step is taken.
+
+    Args:
+        objective: params -> [] surrogate to maximise.
+        kl: params -> [] mean KL(π_old ‖ π_params), π_old fixed.
+    Returns:
+        (new params, stats dict of [] arrays: kl, improvement, expected_improvement,
+        accepted (1.0/0.0), step_fraction, grad_norm).
+    """
+    flat, unravel = ravel_pytree(params)
+    flat_objective = lambda x: objective(unravel(x))
+    flat_kl = lambda x: kl(unravel(x))
+    value, grad = jax.value_and_grad(flat_objective)(flat)
+    fvp = fisher_vector_product(flat_kl, flat, cfg.cg_damping)
+    direction = conjugate_gradient(fvp, grad, cfg.cg_iters)
+    curvature = jnp.vdot(direction, fvp(direction))  # sᵀFs
+    usable = (curvature > 0) & jnp.all(jnp.isfinite(direction))
+    scale = jnp.where(usable, jnp.sqrt(2.0 * cfg.kl_threshold / jnp.where(usable, curvature,
+                                                                            1.0)), 0.0)
+    full_step = scale * jnp.where(usable, direction, 0.0)
+    expected = jnp.vdot(grad, full_step)
+
+    if not line_search:
+        new = flat + full_step
+        stats = {"kl": flat_kl(new), "improvement": flat_objective(new) - value,
+                 "expected_improvement": expected, "accepted": usable.astype(jnp.float32),
+                 "step_fraction": jnp.float32(1.0)}
+    else:
+        def candidate(fraction):
+            x = flat + fraction * full_step
+            improvement = flat_objective(x) - value
+            step_kl = flat_kl(x)
+            ok = (usable & (step_kl <= cfg.kl_threshold) & (improvement > 0)
+                  & (improvement >= cfg.accept_ratio * expected * fraction))
+            return ok, improvement, step_kl
+
+        def cond(state):
+            k, accepted = state[0], state[1]
+            return (k < cfg.line_search_steps) & ~accepted
+
+        def body(state):
+            k, _, fraction, _, _ = state
+            fraction = jnp.float32(cfg.backtrack_coef) ** k
+            ok, improvement, step_kl = candidate(fraction)
+            return k + 1, ok, fraction, improvement, step_kl
+
+        init = (jnp.int32(0), jnp.bool_(False), jnp.float32(0.0), jnp.float32(0.0),
+                jnp.float32(0.0))
+        _, accepted, fraction, improvement, step_kl = jax.lax.while_loop(cond, body, init)
+        new = jnp.where(accepted, flat + fraction * full_step, flat)
+        stats = {"kl": jnp.where(accepted, step_kl, 0.0),
+                 "improvement": jnp.where(accepted, improvement, 0.0),
+                 "expected_improvement": expected, "accepted": accepted.astype(jnp.float32),
+                 "step_fraction": jnp.where(accepted, fraction, 0.0)}
+    stats["grad_norm"] = jnp.linalg.norm(grad)
+    return unravel(new), stats
