@@ -51,11 +51,14 @@ def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int = 10,
     """Approximately solve A x = b for symmetric positive-definite A given as ``matvec``.
 
     A fixed number of iterations (compiled as a fori_loop); once the squared residual falls
-    below ``residual_tol`` the iterate is frozen (no division by a vanishing curvature).
+    below ``residual_tol``·|b|² the iterate is frozen (no division by a vanishing curvature).
+    The tolerance is relative so that it means the same for small and large gradients.
     """
+    tolerance = residual_tol * jnp.vdot(b, b)
+
     def body(_, state):
         x, r, p, rr = state
-        active = rr > residual_tol
+        active = rr > tolerance
         ap = matvec(p)
         p_ap = jnp.vdot(p, ap)
         alpha = jnp.where(active & (p_ap > 0), rr / jnp.where(p_ap > 0, p_ap, 1.0), 0.0)

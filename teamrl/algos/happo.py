@@ -22,6 +22,8 @@ class HAPPOConfig(PPOConfig):
     factor_clip: str = option("outside", "where the earlier agents' ratio product M enters: "
                               "outside the clip (HARL) or inside, clipping r_i*M (A2PO code)",
                               choices=["outside", "inside"])
+    sequential: bool = option(True, "pass the earlier agents' ratio product on (false: the "
+                              "simultaneous ablation, every agent against the old others)")
 
 
 class HAPPO(OnPolicyActorCritic):
@@ -45,7 +47,8 @@ class HAPPO(OnPolicyActorCritic):
         step = ppo_agent_step(self.actor, self.actor_tx.tx, self.cfg, self.surrogate)
         params, opt, metrics, _, _ = sequential_actor_update(
             self.actor, self.cfg.share_actor, ts.actor_params, ts.actor_opt, actor_data(data),
-            self.agent_order(order_key, data), actor_key, step)
+            self.agent_order(order_key, data), actor_key, step,
+            pass_factor=self.cfg.sequential)
         ts = ts.replace(actor_params=params, actor_opt=opt)
         ts, critic_metrics = critic_update(self, ts, data, critic_key)
         return ts, {**jax.tree.map(jnp.mean, metrics), **critic_metrics}

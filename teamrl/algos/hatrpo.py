@@ -21,6 +21,8 @@ from teamrl.trust_region import TrustRegionConfig, trust_region_step
 class HATRPOConfig(ActorCriticConfig, TrustRegionConfig):
     share_actor: bool = option(False, "one actor shared by all agents (then one trust-region "
                                "step on all agents' data, as HARL does)")
+    sequential: bool = option(True, "pass the earlier agents' ratio product on (false: the "
+                              "simultaneous ablation, every agent against the old others)")
 
 
 class HATRPO(OnPolicyActorCritic):
@@ -55,7 +57,8 @@ class HATRPO(OnPolicyActorCritic):
         ts, data = prepare_batch(self, ts, batch)
         params, _, metrics, _, _ = sequential_actor_update(
             self.actor, self.cfg.share_actor, ts.actor_params, ts.actor_opt, actor_data(data),
-            self.agent_order(order_key, data), actor_key, self.trust_region_agent_step)
+            self.agent_order(order_key, data), actor_key, self.trust_region_agent_step,
+            pass_factor=self.cfg.sequential)
         ts = ts.replace(actor_params=params)
         ts, critic_metrics = critic_update(self, ts, data, critic_key)
         rejections = metrics.pop("rejections").sum()

@@ -61,7 +61,7 @@ AgentStep = Callable  # (params, opt, data [B,K,...], factor [B,1], position, ke
 
 def sequential_actor_update(actor, shared: bool, params, opt_state, data: dict,
                             order: jax.Array, key: jax.Array, agent_step: AgentStep,
-                            extra=None):
+                            extra=None, pass_factor: bool = True):
     """Update the agents one after another in ``order``.
 
     Args:
@@ -71,6 +71,9 @@ def sequential_actor_update(actor, shared: bool, params, opt_state, data: dict,
         agent_step: updates one agent given its columns [B, 1, ...], the factor [B, 1]
             (product of the earlier agents' new/old ratios) and its position in the order.
         extra: any state the agent steps thread through (A2PO's critic refit), else None.
+        pass_factor: False gives the simultaneous ablation: every agent sees a factor of 1,
+            i.e. steps against the old policies of the others, yet the updates are the same
+            sizes and are all applied.
     Returns:
         (params, opt_state, metrics with a leading [N] axis in update order (or [1] when
         shared), factors [N, B, 1]: the factor each position received, extra).
@@ -90,7 +93,8 @@ def sequential_actor_update(actor, shared: bool, params, opt_state, data: dict,
                                               take_agent(opt_state, agent), d, factor, position,
                                               agent_key, extra)
         # The factor passed on is detached: later agents treat earlier updates as fixed.
-        next_factor = factor * jnp.exp(jax.lax.stop_gradient(log_ratio(actor, new, d)))
+        next_factor = (factor * jnp.exp(jax.lax.stop_gradient(log_ratio(actor, new, d)))
+                       if pass_factor else factor)
         carry = (put_agent(params, agent, new), put_agent(opt_state, agent, opt), next_factor,
                  extra)
         return carry, (metrics, factor)

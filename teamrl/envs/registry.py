@@ -60,6 +60,14 @@ class TreeOptions:
     game: int = option(0, "seed of the random node rewards", low=0)
 
 
+@dataclass
+class GymnaxOptions:
+    """Options of the single-agent gymnax environments (teams of one)."""
+
+    max_steps: int = option(0, "episode time limit, truncation (0: gymnax's "
+                            "max_steps_in_episode)", low=0)
+
+
 @dataclass(frozen=True)
 class EnvEntry:
     env_id: str
@@ -106,6 +114,29 @@ def _didactic_builder(name: str, option_names: tuple[str, ...] = ()):
     return build
 
 
+_GYMNAX_ENVS = {
+    "CartPole-v1": "gymnax: balance a pole on a cart (one agent, 2 actions, 500 steps)",
+    "Pendulum-v1": "gymnax: swing up a pendulum (one agent, 1-d torque, 200 steps)",
+    "Acrobot-v1": "gymnax: swing a two-link arm above a line (one agent, 3 actions, 500 steps)",
+    "MountainCar-v0": "gymnax: drive a car up a hill (one agent, 3 actions, 200 steps)",
+    "MountainCarContinuous-v0": "gymnax: drive a car up a hill (one agent, 1-d force, "
+                                "999 steps)",
+}
+
+
+def _gymnax_builder(name: str):
+    def build(opts: GymnaxOptions):
+        from teamrl.envs.gymnax_env import GymnaxAgentEnv
+
+        env = GymnaxAgentEnv(name, max_steps=opts.max_steps or None)
+        # The wrapper's dones are the game's own endings only; with False the adapter keeps
+        # them as terminations and marks reaching max_steps otherwise as truncation
+        # (see teamrl/envs/gymnax_env.py).
+        return env, {"time_limit_is_truncation": False}
+
+    return build
+
+
 def _entries() -> dict[str, EnvEntry]:
     entries = {}
     for scenario, (name, text) in _MPE_SCENARIOS.items():
@@ -124,6 +155,9 @@ def _entries() -> dict[str, EnvEntry]:
     for name, text, opts, keys in didactic:
         entries[f"didactic/{name}"] = EnvEntry(f"didactic/{name}", text, opts,
                                                _didactic_builder(name, keys))
+    for name, text in _GYMNAX_ENVS.items():
+        entries[f"gymnax/{name}"] = EnvEntry(f"gymnax/{name}", text, GymnaxOptions,
+                                             _gymnax_builder(name))
     return entries
 
 
