@@ -1,5 +1,7 @@
-"""Training throughput of IPPO and MAPPO on mpe/simple_spread at JaxMARL's published IPPO
-settings (16 envs x 128 steps, 4 epochs x 4 minibatches, 64-64 tanh, lr 2.5e-4).
+"""Training throughput on mpe/simple_spread at JaxMARL's published IPPO settings (16 envs x
+128 steps, 4 epochs x 4 minibatches, 64-64 tanh, lr 2.5e-4), for IPPO, MAPPO and the
+trust-region family (HAPPO, HATRPO, A2PO, CoPPO with their default separate actors; HATRPO has
+no learning rate or clip: its actors take trust-region steps, its critic the same epochs).
 
 Prints env-steps/s (all seeds together; compile time separately) and the final return for
 1 seed and for several seeds vectorised in one program. The reference figure for JaxMARL's
@@ -7,11 +9,16 @@ own IPPO on this machine kind (~61,000 env-steps/s, 1 seed) is in ../shared/REFE
 
     python benchmarks/throughput.py                       # ippo+mappo, 2M steps, seeds 1 and 8
     python benchmarks/throughput.py --algos ippo --steps 500000 --seeds 1 8 --json
+    python benchmarks/throughput.py --algos ippo happo hatrpo a2po coppo --steps 300000 --seeds 1
+
+The "x IPPO" column divides by IPPO's env-steps/s with the same number of seeds, measured in
+the same invocation (so list ippo among the algorithms).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -26,15 +33,24 @@ JAXMARL_IPPO_SETTINGS = {
     "num_envs": 16, "rollout_length": 128, "epochs": 4, "minibatches": 4,
     "hidden_sizes": "[64,64]", "activation": "tanh", "lr": 2.5e-4, "critic_lr": 2.5e-4,
     "clip_eps": 0.2, "ent_coef": 0.01, "max_grad_norm": 0.5, "gamma": 0.99, "gae_lambda": 0.95,
-    "share_actor": "true", "agent_id": "false", "progress": "none",
+    "agent_id": "false", "progress": "none",
     # JaxMARL's IPPO has no value normalisation and a plain squared-error value loss (clipped).
     "value_norm": "false", "huber": "false", "value_clip": "true",
 }
 
 
+# JaxMARL's IPPO shares one actor; the sequential methods need one actor per agent.
+FOUNDATION_SHARED = {"ippo", "mappo"}
+
+
 def measure(algo: str, env_id: str, steps: int, seeds: int) -> dict:
     config = base_config(algo, env_id)
-    apply_overrides(config, {**JAXMARL_IPPO_SETTINGS, "total_steps": steps, "seeds": seeds})
+    known = {f.name for section in config.sections().values()
+             for f in dataclasses.fields(section)}
+    settings = {k: v for k, v in JAXMARL_IPPO_SETTINGS.items() if k in known}
+    if algo in FOUNDATION_SHARED:
+        settings["share_actor"] = "true"
+    apply_overrides(config, {**settings, "total_steps": steps, "seeds": seeds})
     trainer = Trainer(config)
     runner = trainer.init()
     updates = total_updates(config.run)
@@ -50,7 +66,8 @@ def measure(algo: str, env_id: str, steps: int, seeds: int) -> dict:
     final = float(np.sum(metrics["return_sum"][:, tail]) / max(np.sum(metrics["episodes"][:, tail]), 1))
     return {"algo": algo, "env": env_id, "seeds": seeds, "env_steps": env_steps,
             "env_steps_per_s": round(env_steps * seeds / elapsed, 1),
-            "compile_s": round(compile_s, 2), "final_return": round(final, 3)}
+            "compile_s": round(compile_s, 2), "final_return": round(final, 3),
+            "share_actor": bool(config.algo.share_actor)}
 
 
 def main():
@@ -70,12 +87,16 @@ def main():
                 print(json.dumps(row), flush=True)
     if not args.json:
         base = {r["algo"]: r["env_steps_per_s"] for r in rows if r["seeds"] == 1}
+        ippo = {r["seeds"]: r["env_steps_per_s"] for r in rows if r["algo"] == "ippo"}
         print(f"{'algo':6s} {'seeds':>5s} {'env steps':>10s} {'env-steps/s':>12s} "
-              f"{'x 1 seed':>8s} {'compile s':>9s} {'final return':>12s}")
+              f"{'x 1 seed':>8s} {'x IPPO':>7s} {'compile s':>9s} {'final return':>12s}")
         for r in rows:
             ratio = r["env_steps_per_s"] / base[r["algo"]] if r["algo"] in base else float("nan")
-            print(f"{r['algo']:6s} {r['seeds']:5d} {r['env_steps']:10,d} {r['env_steps_per_s']:12,.0f} "
-                  f"{ratio:8.2f} {r['compile_s']:9.1f} {r['final_return']:12.2f}")
+            vs_ippo = (r["env_steps_per_s"] / ippo[r["seeds"]] if r["seeds"] in ippo
+                       else float("nan"))
+            print(f"{r['algo']:6s} {r['seeds']:5d} {r['env_steps']:10,d} "
+                  f"{r['env_steps_per_s']:12,.0f} {ratio:8.2f} {vs_ippo:7.2f} "
+                  f"{r['compile_s']:9.1f} {r['final_return']:12.2f}")
         print("final return: mean over the last 5% of updates' finished episodes, team reward "
               "= mean of the agents' rewards, 25-step episodes (x3 for JaxMARL's logged convention)")
 

@@ -121,14 +121,15 @@ class Actor:
     def distribution(self, params, obs: jax.Array, avail: jax.Array):
         """obs [..., N, D], avail [..., N, A] -> MaskedCategorical / DiagGaussian over [..., N]."""
         out = self.stack.apply(params, obs)
-        return self._wrap(out, avail)
+        return self.wrap(out, avail)
 
     def distribution_of(self, params_one, obs: jax.Array, avail: jax.Array):
         """Unstacked parameters (one agent's slice, or the shared set) applied to every row:
         obs [..., D], avail [..., A] -> distribution over [...]."""
-        return self._wrap(self.stack.module.apply(params_one, obs), avail)
+        return self.wrap(self.stack.module.apply(params_one, obs), avail)
 
-    def _wrap(self, out, avail):
+    def wrap(self, out, avail):
+        """Raw network outputs -> the distribution (log std clipped)."""
         if self.spec.discrete:
             return MaskedCategorical(logits=out, avail=avail)
         mean, log_std = out

@@ -32,18 +32,25 @@ class TrustRegionConfig:
                                    high=1.0, low_open=True, high_open=True)
     accept_ratio: float = option(0.5, "accept a step when improvement >= this x expected",
                                  low=0.0)
+    fisher_subsample: int = option(1, "Fisher-vector products on every k-th sample (rllab's "
+                                   "subsample_factor = 1/k); gradient and line search use all",
+                                   low=1)
 
 
-def fisher_vector_product(kl_fn: Callable, flat_params: jax.Array, damping: float = 0.0
-                          ) -> Callable[[jax.Array], jax.Array]:
-    """v -> (F + damping·I) v, where F is the Hessian of ``kl_fn`` at ``flat_params``.
+def gauss_newton_fvp(outputs_fn: Callable, kl_of_outputs: Callable, flat_params: jax.Array,
+                     damping: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    """v -> (F + damping·I) v with F = Jᵀ H J: J the Jacobian of the policy's outputs (logits,
+    or mean and log std) in the parameters, H the Hessian of the mean KL in those outputs.
 
-    ``kl_fn(flat) -> []`` is the mean KL(π_old ‖ π_flat) with π_old held fixed; its Hessian at
-    π = π_old is the Fisher information of the policy. The product is forward-over-reverse
-    autodiff, linearised once so each conjugate-gradient iteration costs one linear pass.
+    At π = π_old this equals the Hessian of the KL in the parameters exactly (the KL's gradient
+    in the outputs vanishes there, so the network's own curvature drops out), but costs one
+    linear forward (Jv) and one linear backward (Jᵀu) pass per product instead of a
+    forward-over-reverse pass through the network; H·u is elementwise-cheap.
     """
-    _, hvp = jax.linearize(jax.grad(kl_fn), flat_params)
-    return lambda v: hvp(v) + damping * v
+    outputs, jvp = jax.linearize(outputs_fn, flat_params)
+    _, vjp = jax.vjp(outputs_fn, flat_params)
+    _, output_hvp = jax.linearize(jax.grad(kl_of_outputs), outputs)
+    return lambda v: vjp(output_hvp(jvp(v)))[0] + damping * v
 
 
 def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int = 10,
@@ -73,29 +80,38 @@ def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int = 10,
     return jax.lax.fori_loop(0, iterations, body, state)[0]
 
 
-def trust_region_step(objective: Callable, kl: Callable, params, cfg: TrustRegionConfig,
-                      line_search: bool = True):
-    """One TRPO step that maximises ``objective(params)`` subject to ``kl(params) <= δ``.
+def trust_region_step(outputs: Callable, objective: Callable, kl: Callable, params,
+                      cfg: TrustRegionConfig, line_search: bool = True,
+                      fisher: tuple[Callable, Callable] | None = None):
+    """One TRPO step that maximises the surrogate subject to mean KL(π_old ‖ π) ≤ δ.
 
-    The search direction s solves F s = g (g the objective's gradient) by conjugate gradient;
-    the full step √(2δ / sᵀFs)·s makes the quadratic KL model equal δ. With ``line_search``
-    the step is shrunk by ``backtrack_coef`` up to ``line_search_steps`` times and accepted at
-    the first fraction whose measured KL ≤ δ and whose improvement is positive and at least
-    ``accept_ratio`` of the linear model's; if none passes, the parameters stay unchanged
-    (a rejection). Without it (TNPG) the full natural-gradient step is taken.
+    The policy enters only through its raw outputs (logits, or mean and log std), so one
+    forward pass serves the objective, its gradient and the Fisher products. The search
+    direction s solves F s = g (g the objective's gradient) by conjugate gradient; the full
+    step √(2δ / sᵀFs)·s makes the quadratic KL model equal δ. With ``line_search`` the step is
+    shrunk by ``backtrack_coef`` up to ``line_search_steps`` times and accepted at the first
+    fraction whose measured KL ≤ δ and whose improvement is positive and at least
+    ``accept_ratio`` of the linear model's; if none passes, the parameters stay unchanged (a
+    rejection). Without it (TNPG) the full natural-gradient step is taken.
 
     Args:
-        objective: params -> [] surrogate to maximise.
-        kl: params -> [] mean KL(π_old ‖ π_params), π_old fixed.
+        outputs: params -> the policy's outputs on the batch (any pytree).
+        objective: outputs -> [] surrogate to maximise.
+        kl: outputs -> [] mean KL(π_old ‖ π_outputs), π_old fixed (0 at the current params).
+        fisher: optionally (outputs, kl) on a subsample, for the Fisher-vector products only.
     Returns:
         (new params, stats dict of [] arrays: kl, improvement, expected_improvement,
         accepted (1.0/0.0), step_fraction, grad_norm).
     """
     flat, unravel = ravel_pytree(params)
-    flat_objective = lambda x: objective(unravel(x))
-    flat_kl = lambda x: kl(unravel(x))
-    value, grad = jax.value_and_grad(flat_objective)(flat)
-    fvp = fisher_vector_product(flat_kl, flat, cfg.cg_damping)
+    flat_outputs = lambda x: outputs(unravel(x))
+    evaluate = lambda x: (objective(flat_outputs(x)), kl(flat_outputs(x)))
+    current, vjp = jax.vjp(flat_outputs, flat)
+    value, output_grad = jax.value_and_grad(objective)(current)
+    grad = vjp(output_grad)[0]
+    fisher_outputs, fisher_kl = fisher if fisher is not None else (outputs, kl)
+    fvp = gauss_newton_fvp(lambda x: fisher_outputs(unravel(x)), fisher_kl, flat,
+                           cfg.cg_damping)
     direction = conjugate_gradient(fvp, grad, cfg.cg_iters)
     curvature = jnp.vdot(direction, fvp(direction))  # sᵀFs
     usable = (curvature > 0) & jnp.all(jnp.isfinite(direction))
@@ -106,26 +122,22 @@ def trust_region_step(objective: Callable, kl: Callable, params, cfg: TrustRegio
 
     if not line_search:
         new = flat + full_step
-        stats = {"kl": flat_kl(new), "improvement": flat_objective(new) - value,
+        new_value, new_kl = evaluate(new)
+        stats = {"kl": new_kl, "improvement": new_value - value,
                  "expected_improvement": expected, "accepted": usable.astype(jnp.float32),
                  "step_fraction": jnp.float32(1.0)}
     else:
-        def candidate(fraction):
-            x = flat + fraction * full_step
-            improvement = flat_objective(x) - value
-            step_kl = flat_kl(x)
-            ok = (usable & (step_kl <= cfg.kl_threshold) & (improvement > 0)
-                  & (improvement >= cfg.accept_ratio * expected * fraction))
-            return ok, improvement, step_kl
-
         def cond(state):
             k, accepted = state[0], state[1]
             return (k < cfg.line_search_steps) & ~accepted
 
         def body(state):
-            k, _, fraction, _, _ = state
+            k = state[0]
             fraction = jnp.float32(cfg.backtrack_coef) ** k
-            ok, improvement, step_kl = candidate(fraction)
+            new_value, step_kl = evaluate(flat + fraction * full_step)
+            improvement = new_value - value
+            ok = (usable & (step_kl <= cfg.kl_threshold) & (improvement > 0)
+                  & (improvement >= cfg.accept_ratio * expected * fraction))
             return k + 1, ok, fraction, improvement, step_kl
 
         init = (jnp.int32(0), jnp.bool_(False), jnp.float32(0.0), jnp.float32(0.0),

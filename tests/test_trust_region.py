@@ -21,7 +21,7 @@ from teamrl.algos.sequential import (actor_data, agent_columns, log_ratio, maske
                                      ppo_agent_step, sequential_actor_update, take_agent)
 from teamrl.envs.didactic import expected_clipped_product
 from teamrl.policies import DiagGaussian, MaskedCategorical
-from teamrl.trust_region import (TrustRegionConfig, conjugate_gradient, fisher_vector_product,
+from teamrl.trust_region import (TrustRegionConfig, conjugate_gradient, gauss_newton_fvp,
                                  trust_region_step)
 
 
@@ -36,21 +36,26 @@ def test_fisher_vector_product_equals_dense_fisher(kind):
                   "log_std": jnp.asarray([-0.3, 0.2])}
         avail = jnp.ones((32, 2), bool)
 
-        def dist(p):
-            out = jnp.tanh(obs @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        def outputs(p):
+            return jnp.tanh(obs @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"], p["log_std"]
+
+        def wrap(out):
+            mean, log_std = out
             if kind == "discrete":
-                return MaskedCategorical(out, avail)
-            return DiagGaussian(out, jnp.broadcast_to(p["log_std"], out.shape), avail)
+                return MaskedCategorical(mean, avail)
+            return DiagGaussian(mean, jnp.broadcast_to(log_std, mean.shape), avail)
 
         flat, unravel = ravel_pytree(params)
-        old = jax.lax.stop_gradient(dist(params))
-        kl = lambda x: old.kl(dist(unravel(x))).mean()
-        dense = jax.hessian(kl)(flat)
+        old = jax.lax.stop_gradient(wrap(outputs(params)))
+        kl_of_outputs = lambda out: old.kl(wrap(out)).mean()
+        kl = lambda x: kl_of_outputs(outputs(unravel(x)))
+        dense = jax.hessian(kl)(flat)  # the Fisher: Hessian of the mean KL at the old params
         v = jnp.asarray(rng.normal(size=flat.shape))
-        fvp = fisher_vector_product(kl, flat, damping=0.0)(v)
-        np.testing.assert_allclose(fvp, dense @ v, rtol=1e-5, atol=1e-12)
+        product = gauss_newton_fvp(lambda x: outputs(unravel(x)), kl_of_outputs, flat)
+        fvp = product(v)
         assert np.linalg.norm(fvp - dense @ v) <= 1e-5 * np.linalg.norm(dense @ v)
-        damped = fisher_vector_product(kl, flat, damping=0.1)(v)
+        np.testing.assert_allclose(fvp, dense @ v, rtol=1e-5, atol=1e-12)
+        damped = gauss_newton_fvp(lambda x: outputs(unravel(x)), kl_of_outputs, flat, 0.1)(v)
         np.testing.assert_allclose(damped, dense @ v + 0.1 * v, rtol=1e-9)
 
 
@@ -76,29 +81,30 @@ def _shrinking_gaussian_problem():
     adv = 1.0 - samples[:, 0] ** 2
     mask = jnp.ones((4096, 1), bool)
     params = {"mean": jnp.zeros(1), "log_std": jnp.zeros(1)}
-    dist = lambda p: DiagGaussian(jnp.broadcast_to(p["mean"], (4096, 1)),
-                                  jnp.broadcast_to(p["log_std"], (4096, 1)), mask)
+    outputs = lambda p: p
+    dist = lambda out: DiagGaussian(jnp.broadcast_to(out["mean"], (4096, 1)),
+                                    jnp.broadcast_to(out["log_std"], (4096, 1)), mask)
     old = jax.lax.stop_gradient(dist(params))
     old_log_prob = old.log_prob(samples)
-    objective = lambda p: jnp.mean(jnp.exp(dist(p).log_prob(samples) - old_log_prob) * adv)
-    kl = lambda p: jnp.mean(old.kl(dist(p)))
-    return params, objective, kl
+    objective = lambda out: jnp.mean(jnp.exp(dist(out).log_prob(samples) - old_log_prob) * adv)
+    kl = lambda out: jnp.mean(old.kl(dist(out)))
+    return params, outputs, objective, kl
 
 
 def test_line_search_keeps_kl_within_delta_and_rejects_a_violating_step():
-    params, objective, kl = _shrinking_gaussian_problem()
+    params, outputs, objective, kl = _shrinking_gaussian_problem()
     delta = 1.0
     cfg = TrustRegionConfig(kl_threshold=delta, cg_damping=0.0)
-    full, stats = trust_region_step(objective, kl, params, cfg, line_search=False)
+    full, stats = trust_region_step(outputs, objective, kl, params, cfg, line_search=False)
     assert float(stats["kl"]) > delta  # precondition: the full step violates the region
     assert float(full["log_std"][0]) < 0.0
     # One line-search step = only the full step: it must be rejected, parameters unchanged.
     one = TrustRegionConfig(kl_threshold=delta, cg_damping=0.0, line_search_steps=1)
-    kept, stats = trust_region_step(objective, kl, params, one)
+    kept, stats = trust_region_step(outputs, objective, kl, params, one)
     assert float(stats["accepted"]) == 0.0
     np.testing.assert_array_equal(kept["log_std"], params["log_std"])
     # With backtracking a shorter step is accepted, inside the region, and improves.
-    new, stats = trust_region_step(objective, kl, params, cfg)
+    new, stats = trust_region_step(outputs, objective, kl, params, cfg)
     assert float(stats["accepted"]) == 1.0 and float(stats["step_fraction"]) < 1.0
     assert float(kl(new)) <= delta * (1 + 1e-6)
     assert float(objective(new)) > float(objective(params))

@@ -36,18 +36,27 @@ class HATRPO(OnPolicyActorCritic):
     def trust_region_agent_step(self, params, opt_state, d, factor, position, key, extra=None):
         """One agent's (or the shared actor's) trust-region step on its columns [B, K, ...]."""
         actor, alive = self.actor, d["alive"]
-        old = jax.lax.stop_gradient(actor.distribution_of(params, d["obs"], d["avail"]))
+        outputs = lambda p: actor.stack.module.apply(p, d["obs"])  # logits or (mean, log std)
+        old = jax.lax.stop_gradient(actor.wrap(outputs(params), d["avail"]))
         weighted_adv = factor * d["adv"]
 
-        def objective(p):
-            log_prob = actor.distribution_of(p, d["obs"], d["avail"]).log_prob(d["action"])
+        def objective(out):
+            log_prob = actor.wrap(out, d["avail"]).log_prob(d["action"])
             ratio = jnp.exp(jnp.where(alive, log_prob - d["log_prob"], 0.0))
             return masked_mean(ratio * weighted_adv, alive)
 
-        def kl(p):
-            return masked_mean(old.kl(actor.distribution_of(p, d["obs"], d["avail"])), alive)
+        def kl(out):
+            return masked_mean(old.kl(actor.wrap(out, d["avail"])), alive)
 
-        params, stats = trust_region_step(objective, kl, params, self.cfg, self.line_search)
+        fisher = None
+        if self.cfg.fisher_subsample > 1:
+            sub = jax.tree.map(lambda x: x[::self.cfg.fisher_subsample], d)
+            old_sub = jax.tree.map(lambda x: x[::self.cfg.fisher_subsample], old)
+            fisher = (lambda p: actor.stack.module.apply(p, sub["obs"]),
+                      lambda out: masked_mean(old_sub.kl(actor.wrap(out, sub["avail"])),
+                                              sub["alive"]))
+        params, stats = trust_region_step(outputs, objective, kl, params, self.cfg,
+                                          self.line_search, fisher)
         stats["rejections"] = 1.0 - stats.pop("accepted")
         stats["entropy"] = masked_mean(old.entropy(), alive)
         return params, opt_state, stats, extra
