@@ -9,7 +9,8 @@ own IPPO on this machine kind (~61,000 env-steps/s, 1 seed) is in ../shared/REFE
 
     python benchmarks/throughput.py                       # ippo+mappo, 2M steps, seeds 1 and 8
     python benchmarks/throughput.py --algos ippo --steps 500000 --seeds 1 8 --json
-    python benchmarks/throughput.py --algos ippo happo hatrpo a2po coppo --steps 300000 --seeds 1
+    python benchmarks/throughput.py --algos ippo happo hatrpo hatrpo:fisher_subsample=4 \
+        a2po coppo --steps 300000 --seeds 1 8
 
 The "x IPPO" column divides by IPPO's env-steps/s with the same number of seeds, measured in
 the same invocation (so list ippo among the algorithms).
@@ -43,14 +44,21 @@ JAXMARL_IPPO_SETTINGS = {
 FOUNDATION_SHARED = {"ippo", "mappo"}
 
 
-def measure(algo: str, env_id: str, steps: int, seeds: int) -> dict:
+def parse_algo(spec: str) -> tuple[str, dict]:
+    """'hatrpo:fisher_subsample=4,cg_iters=5' -> ('hatrpo', {...}): per-algorithm overrides."""
+    name, _, rest = spec.partition(":")
+    return name, dict(item.split("=", 1) for item in rest.split(",") if item)
+
+
+def measure(spec: str, env_id: str, steps: int, seeds: int) -> dict:
+    algo, extra = parse_algo(spec)
     config = base_config(algo, env_id)
     known = {f.name for section in config.sections().values()
              for f in dataclasses.fields(section)}
     settings = {k: v for k, v in JAXMARL_IPPO_SETTINGS.items() if k in known}
     if algo in FOUNDATION_SHARED:
         settings["share_actor"] = "true"
-    apply_overrides(config, {**settings, "total_steps": steps, "seeds": seeds})
+    apply_overrides(config, {**settings, **extra, "total_steps": steps, "seeds": seeds})
     trainer = Trainer(config)
     runner = trainer.init()
     updates = total_updates(config.run)
@@ -64,7 +72,7 @@ def measure(algo: str, env_id: str, steps: int, seeds: int) -> dict:
     env_steps = updates * config.run.num_envs * config.run.rollout_length
     tail = slice(-max(updates // 20, 1), None)  # the last 5 % of updates
     final = float(np.sum(metrics["return_sum"][:, tail]) / max(np.sum(metrics["episodes"][:, tail]), 1))
-    return {"algo": algo, "env": env_id, "seeds": seeds, "env_steps": env_steps,
+    return {"algo": spec, "env": env_id, "seeds": seeds, "env_steps": env_steps,
             "env_steps_per_s": round(env_steps * seeds / elapsed, 1),
             "compile_s": round(compile_s, 2), "final_return": round(final, 3),
             "share_actor": bool(config.algo.share_actor)}
@@ -88,13 +96,13 @@ def main():
     if not args.json:
         base = {r["algo"]: r["env_steps_per_s"] for r in rows if r["seeds"] == 1}
         ippo = {r["seeds"]: r["env_steps_per_s"] for r in rows if r["algo"] == "ippo"}
-        print(f"{'algo':6s} {'seeds':>5s} {'env steps':>10s} {'env-steps/s':>12s} "
+        print(f"{'algo':26s} {'seeds':>5s} {'env steps':>10s} {'env-steps/s':>12s} "
               f"{'x 1 seed':>8s} {'x IPPO':>7s} {'compile s':>9s} {'final return':>12s}")
         for r in rows:
             ratio = r["env_steps_per_s"] / base[r["algo"]] if r["algo"] in base else float("nan")
             vs_ippo = (r["env_steps_per_s"] / ippo[r["seeds"]] if r["seeds"] in ippo
                        else float("nan"))
-            print(f"{r['algo']:6s} {r['seeds']:5d} {r['env_steps']:10,d} "
+            print(f"{r['algo']:26s} {r['seeds']:5d} {r['env_steps']:10,d} "
                   f"{r['env_steps_per_s']:12,.0f} {ratio:8.2f} {vs_ippo:7.2f} "
                   f"{r['compile_s']:9.1f} {r['final_return']:12.2f}")
         print("final return: mean over the last 5% of updates' finished episodes, team reward "

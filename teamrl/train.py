@@ -179,7 +179,15 @@ def chunk_rows(metrics: dict, config: Config, updates_done: int, wall_time: floa
 
 
 def default_log_every(run) -> int:
-    return run.log_every or max(total_updates(run) // 40, 1)
+    """Updates per log row: ``log_every``, or about 40 rows. The automatic choice prefers a
+    divisor of the total number of updates (within 2x of the target) so every chunk has the
+    same length and the program compiles once, not again for a shorter last chunk."""
+    if run.log_every:
+        return run.log_every
+    total = total_updates(run)
+    target = max(total // 40, 1)
+    divisors = [k for k in range(max(target // 2, 1), 2 * target + 1) if total % k == 0]
+    return min(divisors, key=lambda k: abs(k - target)) if divisors else target
 
 
 def train(config: Config, resume_dir=None, log=print) -> dict:
