@@ -365,3 +365,22 @@ def test_product_game_sequential_step_improves_and_simultaneous_does_not():
         assert after > before
     for before, after in _product_game_rewards(False, seeds):
         assert after < before
+
+
+# ------------------------------------------------------- every variant runs and moves
+@pytest.mark.parametrize("algo,settings", [
+    ("happo", dict(action="continuous", share_actor="true")),
+    ("hatrpo", dict(action="continuous", share_actor="true")),
+    ("a2po", dict(action="continuous", critic_refit="true")),
+    ("coppo", dict(action="continuous", share_actor="true")),
+    ("happo", dict(factor_clip="inside")),
+])
+def test_variants_update_finitely_and_move_the_policy(algo, settings):
+    trainer = trainer_for(algo, "mpe/simple_spread", num_envs=4, rollout_length=32,
+                          epochs=2, **settings)
+    ts, batch = rollout_batch(trainer)
+    new, metrics = jax.jit(trainer.algo.update)(ts, batch, jax.random.PRNGKey(0))
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves((new, metrics)))
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new.actor_params),
+                                                      jax.tree.leaves(ts.actor_params))]
+    assert any(changed)

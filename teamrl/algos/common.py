@@ -62,6 +62,7 @@ class TrainState:
     actor_opt: Any
     critic_opt: Any
     value_norm: RunningNorm
+    algo_state: Any = ()  # anything else one algorithm adapts (e.g. DPO's coefficients)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,12 @@ class OnPolicyActorCritic:
         critic_params = self.critic.init(critic_key)
         actor_opt = self.actor_tx.init(actor_params) if self.actor_tx else ()
         return TrainState(actor_params, critic_params, actor_opt,
-                          self.critic_tx.init(critic_params), RunningNorm.create())
+                          self.critic_tx.init(critic_params), RunningNorm.create(),
+                          self.init_algo_state())
+
+    def init_algo_state(self):
+        """Extra adaptive state of an algorithm, kept in TrainState.algo_state (checkpointed)."""
+        return ()
 
     # ----------------------------------------------------------------------- acting
     def values(self, ts: TrainState, obs: TeamObs) -> jax.Array:
