@@ -16,6 +16,13 @@ TRAIN_HELP = """Train ALGO on ENV. Settings are key=value pairs (e.g. total_step
 lr=3e-4 hidden_sizes=[128,128] action=continuous); `teamrl list --keys ALGO ENV` shows every
 key with its default. Presets shipped for (env, algo) are applied first."""
 
+PLOT_HELP = """Plot learning curves of one or many run folders: one panel per env, one line per
+algorithm (runs of the same algo and env pool their seeds), the mean over seeds with a
+percentile-bootstrap confidence band. Settings: out=FILE (.png or .svg, required),
+x=env_steps|wall_time, y=any metrics.csv column (default return_mean), ci=0.95,
+resamples=2000, seed=0 (of the bootstrap). An argument NAME=VALUE whose NAME is an identifier
+is a setting; write ./NAME=VALUE for a folder of that name."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teamrl", description="Compiled cooperative multi-agent RL.")
@@ -39,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("settings", nargs="*", metavar="key=value",
                    help="episodes=N deterministic=true|false checkpoint=best|latest")
+
+    pl = sub.add_parser("plot", help="learning curves of run folders, mean and bootstrap CI",
+                        description=PLOT_HELP)
+    pl.add_argument("items", nargs="*", metavar="RUN_DIR | key=value",
+                    help="run folders, then out=FILE.png|FILE.svg x=env_steps|wall_time "
+                         "y=COLUMN ci=0.95 resamples=2000 seed=0")
 
     ls = sub.add_parser("list", help="list algorithms, env ids and presets")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -138,6 +151,40 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    import re
+
+    from teamrl.config import coerce
+    from teamrl.plots import plot_runs
+
+    setting = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+    run_dirs = [a for a in args.items if not setting.match(a)]
+    settings = parse_key_values([a for a in args.items if setting.match(a)])
+    allowed = {"out", "x", "y", "ci", "resamples", "seed"}
+    bad = sorted(set(settings) - allowed)
+    if bad:
+        raise ConfigError(f"unknown plot key {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+    if not run_dirs:
+        raise ConfigError("plot needs at least one RUN_DIR")
+    if not settings.get("out"):
+        raise ConfigError("plot needs out=FILE ending in .png or .svg")
+    out, groups, notes = plot_runs(
+        run_dirs, settings["out"], x=settings.get("x", "env_steps"),
+        y=settings.get("y", "return_mean"), ci=coerce("ci", settings.get("ci", "0.95"), float),
+        resamples=coerce("resamples", settings.get("resamples", "2000"), int),
+        seed=coerce("seed", settings.get("seed", "0"), int))
+    for note in notes:
+        print(f"teamrl: note: {note}", file=sys.stderr)
+    y = settings.get("y", "return_mean")
+    for (algo, env_id), g in groups.items():
+        if g["grid"] is not None:
+            print(f"[teamrl] {env_id}: {algo}, {g['n_seeds']} seed(s) from {len(g['runs'])} "
+                  f"run(s), final mean {y} {g['mean'][-1]:.3f} "
+                  f"[{g['low'][-1]:.3f}, {g['high'][-1]:.3f}] at {g['grid'][-1]:g}")
+    print(f"[teamrl] plot written to {out}")
+    return 0
+
+
 def cmd_list(args) -> int:
     import dataclasses
 
@@ -189,7 +236,8 @@ def cmd_list(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "list": cmd_list}
+    handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "plot": cmd_plot,
+                "list": cmd_list}
     try:
         return handlers[args.command](args)
     except ConfigError as err:
