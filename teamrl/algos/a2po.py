@@ -61,7 +61,9 @@ class A2PO(OnPolicyActorCritic):
 
     def surrogate(self, ratio, factor, adv, position):
         cfg = self.cfg
-        eps = (adaptive_clip(cfg.clip_eps, position, self.spec.n_agents) if cfg.adaptive_clip
+        # A shared actor is updated once for all agents: no position, the plain clip.
+        adaptive = cfg.adaptive_clip and not cfg.share_actor
+        eps = (adaptive_clip(cfg.clip_eps, position, self.spec.n_agents) if adaptive
                else cfg.clip_eps)
         # The factor arrives detached; clipping it bounds how far earlier agents' updates can
         # reweight this agent's samples.
