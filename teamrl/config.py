@@ -53,7 +53,10 @@ class RunConfig:
                            "(auto: when actors are shared)", choices=["auto", "true", "false"])
     team_reward: str = option("mean", "team reward from per-agent rewards", choices=["mean", "sum"])
     progress: str = option("auto", "progress display", choices=["auto", "bar", "lines", "none"])
-    eval_episodes: int = option(32, "episodes per seed for `teamrl eval`", low=1)
+    eval_episodes: int = option(32, "episodes per seed for each evaluation (during training "
+                                "and `teamrl eval`)", low=1)
+    eval_every: int = option(5, "log rows between evaluations during training, deterministic "
+                             "and stochastic, recorded in metrics.csv (0: off)", low=0)
 
 
 @dataclass

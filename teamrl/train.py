@@ -72,6 +72,7 @@ class Trainer:
         self.team_env, self.algo = build(self.config)
         self.spec = self.team_env.spec
         self._chunk = jax.jit(jax.vmap(self._run_chunk, in_axes=(0, None)), static_argnums=1)
+        self._evaluate = None
 
     # ------------------------------------------------------------------------ init
     def seed_keys(self) -> jax.Array:
@@ -122,6 +123,26 @@ class Trainer:
     def run_chunk(self, runner: Runner, num_updates: int):
         """K updates for all seeds: -> (runner, metrics dict of [S, K] arrays)."""
         return self._chunk(runner, num_updates)
+
+    def evaluate(self, runner: Runner, episodes: int) -> dict:
+        """Evaluation episodes of every seed's current policy, apart from training: ->
+        {"eval_return_det": [S], "eval_return_stoch": [S]} (means over ``episodes``).
+
+        The keys are folded from each seed's key, never split off it, so evaluating does
+        not change the training random stream (resumed runs stay bitwise identical).
+        """
+        from teamrl.evaluate import episode_returns
+
+        if self._evaluate is None:
+            def both(ts, key):
+                det_key, stoch_key = jax.random.split(jax.random.fold_in(key, 0x5EED))
+                run = partial(episode_returns, self.team_env, self.algo, ts, episodes=episodes)
+                return (jnp.nanmean(run(key=det_key, deterministic=True)),
+                        jnp.nanmean(run(key=stoch_key, deterministic=False)))
+
+            self._evaluate = jax.jit(jax.vmap(both))
+        det, stoch = self._evaluate(runner.train_state, runner.key)
+        return {"eval_return_det": det, "eval_return_stoch": stoch}
 
 
 # =============================================================================== host loop
@@ -258,8 +279,16 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
             wall = wall_offset + time.perf_counter() - start
             sps = k * steps_per_update(run) * run.seeds / max(elapsed, 1e-9)
             rows = chunk_rows(metrics, config, updates_done, wall, sps)
-            writer.write(rows)
             rows_written += 1
+            if run.eval_every:
+                due = rows_written % run.eval_every == 0 or updates_done >= target_updates
+                evaluation = (jax.tree.map(np.asarray, trainer.evaluate(runner,
+                                                                        run.eval_episodes))
+                              if due else None)
+                for s, row in enumerate(rows):
+                    for name in ("eval_return_det", "eval_return_stoch"):
+                        row[name] = float(evaluation[name][s]) if due else math.nan
+            writer.write(rows)
             mean_return = float(np.nanmean([r["return_mean"] for r in rows])) \
                 if any(math.isfinite(r["return_mean"]) for r in rows) else math.nan
             progress.update(updates_done * steps_per_update(run),
