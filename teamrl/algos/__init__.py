@@ -3,6 +3,7 @@
 
 from teamrl.algos.a2po import A2PO
 from teamrl.algos.coppo import CoPPO
+from teamrl.algos.dpo import DPO
 from teamrl.algos.happo import HAPPO
 from teamrl.algos.hatrpo import HATRPO
 from teamrl.algos.ippo import IPPO
@@ -10,7 +11,7 @@ from teamrl.algos.mappo import MAPPO
 from teamrl.algos.single import PPO, TNPG, TRPO
 
 ALGORITHMS = {"ippo": IPPO, "mappo": MAPPO, "coppo": CoPPO, "happo": HAPPO, "hatrpo": HATRPO,
-              "a2po": A2PO, "ppo": PPO, "trpo": TRPO, "tnpg": TNPG}
+              "a2po": A2PO, "dpo": DPO, "ppo": PPO, "trpo": TRPO, "tnpg": TNPG}
 
 DESCRIPTIONS = {
     "ippo": "independent PPO, local critics V_i(o_i)",
@@ -19,6 +20,7 @@ DESCRIPTIONS = {
     "happo": "heterogeneous-agent PPO: sequential updates in a random order",
     "hatrpo": "heterogeneous-agent TRPO: sequential trust-region steps",
     "a2po": "agent-by-agent PO: semi-greedy order, off-policy corrected advantages",
+    "dpo": "decentralised policy optimisation: KL-penalised, adaptive coefficients, local critics",
     "ppo": "PPO for one-agent environments (HAPPO with n = 1)",
     "trpo": "TRPO for one-agent environments (HATRPO with n = 1)",
     "tnpg": "truncated natural policy gradient, one agent (fixed KL-sized step)",

@@ -291,6 +291,37 @@ def critic_update(algo: OnPolicyActorCritic, ts: TrainState, data: dict, key: ja
     return run_epochs(step, ts, critic_data, key, algo.cfg.epochs, algo.cfg.minibatches)
 
 
+def actor_critic_step(algo: OnPolicyActorCritic, actor_loss_fn):
+    """A minibatch step that updates actor and critic together, for ``run_epochs``.
+
+    ``actor_loss_fn(actor_params, mb) -> (loss [], aux dict of [] metrics)``; the critic loss
+    is ``algo.critic_loss``. Returns ``step(ts, mb) -> (ts, metrics)``.
+    """
+    def loss_fn(params, mb):
+        # Actor and critic differentiated in one pass: the critic loss does not depend on the
+        # actor parameters (nor the actor loss on the critic's), so the gradients are those of
+        # separate passes, but XLA sees one program instead of two (fewer, larger fusions).
+        actor_params, critic_params = params
+        actor_loss, aux = actor_loss_fn(actor_params, mb)
+        critic_loss = algo.critic_loss(critic_params, mb)
+        return actor_loss + critic_loss, (actor_loss, critic_loss, aux)
+
+    def minibatch_step(ts: TrainState, mb):
+        (_, (loss, critic_loss, aux)), (actor_grads, critic_grads) = jax.value_and_grad(
+            loss_fn, has_aux=True)((ts.actor_params, ts.critic_params), mb)
+        actor_params, actor_opt, actor_norm = algo.actor_tx.step(
+            actor_grads, ts.actor_opt, ts.actor_params)
+        critic_params, critic_opt, critic_norm = algo.critic_tx.step(
+            critic_grads, ts.critic_opt, ts.critic_params)
+        ts = ts.replace(actor_params=actor_params, actor_opt=actor_opt,
+                        critic_params=critic_params, critic_opt=critic_opt)
+        metrics = {"actor_loss": loss, "value_loss": critic_loss, "actor_grad_norm": actor_norm,
+                   "critic_grad_norm": critic_norm, **aux}
+        return ts, metrics
+
+    return minibatch_step
+
+
 def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax.Array,
                surrogate=None):
     """Simultaneous update of all agents (IPPO, MAPPO, CoPPO); returns (train state, metrics).
@@ -318,26 +349,5 @@ def ppo_update(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch, key: jax
                "clip_frac": masked_agent_mean(jnp.abs(ratio - 1) > cfg.clip_eps, alive).mean()}
         return loss, aux
 
-    def loss_fn(params, mb):
-        # Actor and critic differentiated in one pass: the critic loss does not depend on the
-        # actor parameters (nor the actor loss on the critic's), so the gradients are those of
-        # separate passes, but XLA sees one program instead of two (fewer, larger fusions).
-        actor_params, critic_params = params
-        actor_loss, aux = actor_loss_fn(actor_params, mb)
-        critic_loss = algo.critic_loss(critic_params, mb)
-        return actor_loss + critic_loss, (actor_loss, critic_loss, aux)
-
-    def minibatch_step(ts: TrainState, mb):
-        (_, (loss, critic_loss, aux)), (actor_grads, critic_grads) = jax.value_and_grad(
-            loss_fn, has_aux=True)((ts.actor_params, ts.critic_params), mb)
-        actor_params, actor_opt, actor_norm = algo.actor_tx.step(
-            actor_grads, ts.actor_opt, ts.actor_params)
-        critic_params, critic_opt, critic_norm = algo.critic_tx.step(
-            critic_grads, ts.critic_opt, ts.critic_params)
-        ts = ts.replace(actor_params=actor_params, actor_opt=actor_opt,
-                        critic_params=critic_params, critic_opt=critic_opt)
-        metrics = {"actor_loss": loss, "value_loss": critic_loss, "actor_grad_norm": actor_norm,
-                   "critic_grad_norm": critic_norm, **aux}
-        return ts, metrics
-
-    return run_epochs(minibatch_step, ts, data, key, cfg.epochs, cfg.minibatches)
+    return run_epochs(actor_critic_step(algo, actor_loss_fn), ts, data, key, cfg.epochs,
+                      cfg.minibatches)
