@@ -42,6 +42,7 @@ METHODS = {  # label -> (algorithm, settings)
     "HATRPO": ("hatrpo", {}),
 }
 DONE_FILE = "experiment.json"
+CODE_AT_IMPORT = "unknown"  # set in main() just before teamrl is imported
 
 
 # ------------------------------------------------------------------------------ running
@@ -80,7 +81,7 @@ def train_or_skip(run_dir: Path, algo: str, env_id: str, settings: dict,
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     summary = train(config)
-    record = {"request": request, "code": code_version(),
+    record = {"request": request, "code": CODE_AT_IMPORT,
               "wall_s": time.perf_counter() - start,
               # the machine's 1-minute load average before and after (2 cores; others' jobs
               # share it, so wall times are only comparable at similar load)
@@ -229,6 +230,8 @@ def main(argv=None):
                         help="episodes per seed of the stochastic evaluation")
     parser.add_argument("--runs", default="/tmp/teamrl_experiments/proposition1")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
+    parser.add_argument("--note", default="",
+                        help="a paragraph added to the page (e.g. how the runs were made)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +239,10 @@ def main(argv=None):
 
     # Import before redirecting stdout: importing jaxmarl (via teamrl.envs) resets sys.stdout
     # to the real stream, which would silently end the capture below.
+    # The code version is taken when teamrl is imported: later edits to the working tree do
+    # not reach this process.
+    global CODE_AT_IMPORT
+    CODE_AT_IMPORT = code_version()
     import teamrl.envs  # noqa: F401
     import teamrl.evaluate  # noqa: F401
     import teamrl.train  # noqa: F401
@@ -443,6 +450,8 @@ def write_markdown(path: Path, args, setup, results, output: str):
            if not late else
            f"HATRPO needed more than half the budget at n = {', '.join(map(str, late))}."))
     lines += textwrap.wrap(reading, 92) + [""] + textwrap.wrap(speed, 92) + [""]
+    if args.note:
+        lines += textwrap.wrap("**About this run.** " + args.note, 92) + [""]
     lines += [
         "**Reproduce** (runs are bitwise reproducible on CPU; finished run folders are reused):",
         "",
