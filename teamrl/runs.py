@@ -247,7 +247,9 @@ class MetricsWriter:
             if key in ("seed", "env_steps"):
                 continue
             num = _as_number(value)
-            if num is None:
+            # Non-finite cells (no finished episode yet, rows without an evaluation) stay
+            # empty in TensorBoard; tensorboardX would warn about each one.
+            if num is None or not math.isfinite(float(num)):
                 continue
             writer.add_scalar(key, float(num), global_step=None if step is None else int(step))
 
