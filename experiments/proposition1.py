@@ -25,7 +25,6 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
 import textwrap
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiment_runs import code_version, train_or_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "didactic/split"
 METHODS = {  # label -> (algorithm, settings)
@@ -41,56 +42,10 @@ METHODS = {  # label -> (algorithm, settings)
     "HAPPO": ("happo", {}),
     "HATRPO": ("hatrpo", {}),
 }
-DONE_FILE = "experiment.json"
 CODE_AT_IMPORT = "unknown"  # set in main() just before teamrl is imported
 
 
 # ------------------------------------------------------------------------------ running
-def code_version() -> str:
-    """Short commit of the teamrl checkout, '+dirty' when teamrl/ has uncommitted changes."""
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "teamrl"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-def train_or_skip(run_dir: Path, algo: str, env_id: str, settings: dict,
-                  force: bool = False) -> dict:
-    """Train ``algo`` on ``env_id`` with ``settings`` into ``run_dir`` unless that folder
-    already finished with exactly these settings (or ``force``); returns {"wall_s",
-    "skipped", ...}."""
-    from teamrl.cli_config import base_config
-    from teamrl.config import apply_overrides
-    from teamrl.train import train
-
-    request = {"algo": algo, "env_id": env_id, "settings": settings}
-    done = run_dir / DONE_FILE
-    if done.is_file() and not force:
-        record = json.loads(done.read_text())
-        if record.get("request") == request:
-            return {**record, "skipped": True}
-    config = base_config(algo, env_id)
-    apply_overrides(config, {**settings, "out": str(run_dir), "overwrite": "true",
-                             "progress": "none"})
-    load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    summary = train(config)
-    record = {"request": request, "code": CODE_AT_IMPORT,
-              "wall_s": time.perf_counter() - start,
-              # the machine's 1-minute load average before and after (2 cores; others' jobs
-              # share it, so wall times are only comparable at similar load)
-              "load": [load_before, os.getloadavg()[0]],
-              "env_steps": summary.get("env_steps"), "steps_per_s": summary.get("steps_per_s")}
-    done.write_text(json.dumps(record, indent=2))
-    return {**record, "skipped": False}
-
-
 def final_training_returns(run_dir: Path):
     """({seed: return_mean of the last logged row}, episodes in that row) from metrics.csv."""
     from teamrl.runs import read_metrics
@@ -273,14 +228,14 @@ def main(argv=None):
                     settings["kl_threshold"] = kl
                 tag = f"n{n}_{algo}_steps{steps}_seeds{args.seeds}" + (f"_kl{kl}" if kl else "")
                 run_dir = Path(args.runs) / tag
-                info = train_or_skip(run_dir, algo, ENV, settings)
+                info = train_or_skip(run_dir, algo, ENV, settings, CODE_AT_IMPORT)
                 try:
                     det = evaluate(run_dir, 32, True)
                 except ValueError as err:  # a finished run from older code: train it again
                     if not info["skipped"]:
                         raise
                     print(f"n={n} {label}: earlier run folder not loadable ({err}); retraining")
-                    info = train_or_skip(run_dir, algo, ENV, settings, force=True)
+                    info = train_or_skip(run_dir, algo, ENV, settings, CODE_AT_IMPORT, force=True)
                     det = evaluate(run_dir, 32, True)
                 train_ret, train_episodes = final_training_returns(run_dir)
                 stoch = evaluate(run_dir, args.stoch_episodes, False)

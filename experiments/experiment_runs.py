@@ -1,0 +1,57 @@
+"""Shared by the experiment scripts: the code version of the checkout and resumable runs
+(a run folder that already finished with the same request is not trained again)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DONE_FILE = "experiment.json"
+
+
+def code_version() -> str:
+    """Short commit of the teamrl checkout, '+dirty' when teamrl/ has uncommitted changes."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "teamrl"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def train_or_skip(run_dir: Path, algo: str, env_id: str, settings: dict, code: str,
+                  force: bool = False) -> dict:
+    """Train ``algo`` on ``env_id`` with ``settings`` into ``run_dir`` unless that folder
+    already finished with exactly these settings (or ``force``); returns {"wall_s",
+    "skipped", ...}. ``code`` is recorded (the version taken when teamrl was imported)."""
+    from teamrl.cli_config import base_config
+    from teamrl.config import apply_overrides
+    from teamrl.train import train
+
+    request = {"algo": algo, "env_id": env_id, "settings": settings}
+    done = run_dir / DONE_FILE
+    if done.is_file() and not force:
+        record = json.loads(done.read_text())
+        if record.get("request") == request:
+            return {**record, "skipped": True}
+    config = base_config(algo, env_id)
+    apply_overrides(config, {**settings, "out": str(run_dir), "overwrite": "true",
+                             "progress": "none"})
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    summary = train(config)
+    record = {"request": request, "code": code,
+              "wall_s": time.perf_counter() - start,
+              # the machine's 1-minute load average before and after (2 cores; others' jobs
+              # share it, so wall times are only comparable at similar load)
+              "load": [load_before, os.getloadavg()[0]],
+              "env_steps": summary.get("env_steps"), "steps_per_s": summary.get("steps_per_s")}
+    done.write_text(json.dumps(record, indent=2))
+    return {**record, "skipped": False}
