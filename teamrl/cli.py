@@ -23,6 +23,15 @@ x=env_steps|wall_time, y=any metrics.csv column (default return_mean), ci=0.95,
 resamples=2000, seed=0 (of the bootstrap). An argument NAME=VALUE whose NAME is an identifier
 is a setting; write ./NAME=VALUE for a folder of that name."""
 
+REPORT_HELP = """Aggregate the final scores of run folders across envs and seeds (the rliable /
+marl-eval protocol): per env mean and bootstrap CI per algorithm, IQM and mean of min-max normalised
+scores with stratified-bootstrap CIs, probability of improvement between algorithms,
+performance profiles. Writes scores.csv, summary.md, summary.csv, aggregate.png, profiles.png
+and marl_eval.json into out=DIR (required). A seed's final score is the mean of its last 10%
+of metric values. Settings: metric=eval_return_det (any metrics.csv column), resamples=2000,
+seed=0 (of the bootstrap), norm=FILE.yaml (per env [low, high]; default: min and max over
+the env's runs)."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teamrl", description="Compiled cooperative multi-agent RL.")
@@ -52,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("items", nargs="*", metavar="RUN_DIR | key=value",
                     help="run folders, then out=FILE.png|FILE.svg x=env_steps|wall_time "
                          "y=COLUMN ci=0.95 resamples=2000 seed=0")
+
+    rp = sub.add_parser("report", help="statistics of run folders across envs and seeds: IQM, "
+                        "probability of improvement, profiles", description=REPORT_HELP)
+    rp.add_argument("items", nargs="*", metavar="RUN_DIR | key=value",
+                    help="run folders, then out=DIR metric=COLUMN resamples=2000 seed=0 "
+                         "norm=FILE.yaml")
 
     ls = sub.add_parser("list", help="list algorithms, env ids and presets")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -108,13 +123,13 @@ def cmd_resume(args) -> int:
 
 def _run_training(config, resume_dir) -> int:
     from teamrl.runs import RunExistsError
-    from teamrl.train import TrainingDiverged, train
+    from teamrl.train import TrainingStopped, train
 
     try:
         summary = train(config, resume_dir=resume_dir)
     except RunExistsError as err:
         return _fail(str(err))
-    except TrainingDiverged as err:
+    except TrainingStopped as err:
         print(f"teamrl: {err}", file=sys.stderr)
         return 1
     print(f"[teamrl] done: {summary['env_steps'] if 'env_steps' in summary else 0:,} env steps "
@@ -185,6 +200,39 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import re
+
+    from teamrl.config import coerce
+    from teamrl.report import DEFAULT_METRIC, write_report
+
+    setting = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+    run_dirs = [a for a in args.items if not setting.match(a)]
+    settings = parse_key_values([a for a in args.items if setting.match(a)])
+    allowed = {"out", "metric", "resamples", "seed", "norm"}
+    bad = sorted(set(settings) - allowed)
+    if bad:
+        raise ConfigError(f"unknown report key {bad[0]!r}; valid keys: "
+                          f"{', '.join(sorted(allowed))}")
+    if not run_dirs:
+        raise ConfigError("report needs at least one RUN_DIR")
+    if not settings.get("out"):
+        raise ConfigError("report needs out=DIR")
+    out, result, notes = write_report(
+        run_dirs, settings["out"], metric=settings.get("metric") or DEFAULT_METRIC,
+        resamples=coerce("resamples", settings.get("resamples", "2000"), int),
+        seed=coerce("seed", settings.get("seed", "0"), int), norm=settings.get("norm") or None)
+    for note in notes:
+        print(f"teamrl: note: {note}", file=sys.stderr)
+    for algo, agg in result["aggregate"].items():
+        print(f"[teamrl] {algo}: IQM {agg['iqm'][0]:.3f} [{agg['iqm'][1]:.3f}, "
+              f"{agg['iqm'][2]:.3f}], mean {agg['mean'][0]:.3f} [{agg['mean'][1]:.3f}, "
+              f"{agg['mean'][2]:.3f}] (normalised, {agg['runs']} runs on {agg['envs']} envs)")
+    print(f"[teamrl] report written to {out} (summary.md, summary.csv, scores.csv, "
+          f"aggregate.png, profiles.png, marl_eval.json)")
+    return 0
+
+
 def cmd_list(args) -> int:
     import dataclasses
 
@@ -215,7 +263,10 @@ def cmd_list(args) -> int:
                        for n in sorted(ALGORITHMS)],
         "envs": [{"id": e.env_id, "description": e.description,
                   "options": [f.name for f in dataclasses.fields(e.options)]}
-                 for e in REGISTRY.values()],
+                 for e in REGISTRY.values()]
+        + [{"id": "pettingzoo/<module>", "description": "any PettingZoo ParallelEnv: "
+            "<module>.parallel_env(**env_kwargs), e.g. pettingzoo/mpe2.simple_spread_v3 (host)",
+            "options": ["workers", "env_kwargs", "max_steps"]}],
         "presets": list_presets(),
     }
     if args.json:
@@ -237,7 +288,7 @@ def cmd_list(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "plot": cmd_plot,
-                "list": cmd_list}
+                "report": cmd_report, "list": cmd_list}
     try:
         return handlers[args.command](args)
     except ConfigError as err:

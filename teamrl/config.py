@@ -134,6 +134,10 @@ def coerce(name: str, raw, tp):
             return float(raw)
         if tp is str:
             return str(raw)
+        if tp is dict or origin is dict:
+            if not isinstance(raw, dict):
+                raise TypeError
+            return dict(raw)
         if tp is list or origin is list:
             if not isinstance(raw, (list, tuple)):
                 raise TypeError

@@ -43,20 +43,21 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
     ``episodes`` defaults to the run's ``eval_episodes``. Writes ``eval_<ckpt>_<mode>.json``."""
     from teamrl import runs
     from teamrl.cli_config import config_from_run_dir
-    from teamrl.train import Trainer
+    from teamrl.train import make_trainer
 
     run_dir = pathlib.Path(run_dir)
     config = config_from_run_dir(run_dir, overrides or {})
     if not runs.checkpoint_exists(run_dir, checkpoint):
         checkpoint = "latest"
     episodes = episodes or config.run.eval_episodes
-    trainer = Trainer(config)
-    runner, meta = runs.load_checkpoint(run_dir, checkpoint, trainer.init())
-    evaluate = jax.jit(jax.vmap(
-        lambda ts, key: episode_returns(trainer.team_env, trainer.algo, ts, key, episodes,
-                                        deterministic)))
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(trainer.seed_keys())
-    returns = np.asarray(evaluate(runner.train_state, keys))
+    trainer = make_trainer(config)
+    try:
+        runner, meta = runs.load_checkpoint(run_dir, checkpoint, trainer.init())
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(trainer.seed_keys())
+        returns = np.asarray(trainer.evaluation_returns(runner.train_state, keys, episodes,
+                                                        deterministic))
+    finally:
+        trainer.close()
     result = {"checkpoint": checkpoint, "env_steps": meta.get("env_steps"),
               "deterministic": deterministic, "episodes": episodes, "seeds": []}
     for s in range(returns.shape[0]):

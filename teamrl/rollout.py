@@ -22,6 +22,8 @@ class Batch(NamedTuple):
     next_value: [T, E, N] critic output at the observation reached by the step, before any
                 reset (normalised space); only used where the step truncated or continued.
     reward:     [T, E] team reward.  terminated, truncated: [T, E] bool.
+    next_obs:   TeamObs [T, E, ...] reached by the step before any reset (the env's final_obs),
+                for off-policy learners that store transitions; None where not collected.
     """
 
     obs: TeamObs
@@ -32,6 +34,7 @@ class Batch(NamedTuple):
     reward: jax.Array
     terminated: jax.Array
     truncated: jax.Array
+    next_obs: TeamObs | None = None
 
 
 class EpisodeStats(NamedTuple):
@@ -89,6 +92,8 @@ def collect(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry, ke
         batch = batch._replace(value=value, next_value=next_value)
     else:
         batch = batch._replace(next_value=value_fn(final_obs))
+    # final_obs is a scan output anyway; on-policy updates ignore it and XLA drops it.
+    batch = batch._replace(next_obs=final_obs)
     done_mask = ~jnp.isnan(finished)
     stats = EpisodeStats(
         return_sum=jnp.where(done_mask, finished, 0.0).sum(),
@@ -102,3 +107,105 @@ def collect(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry, ke
 def reset_envs(team_env, key: jax.Array, num_envs: int) -> RolloutCarry:
     env_state, obs = jax.vmap(team_env.reset)(jax.random.split(key, num_envs))
     return RolloutCarry(env_state, obs, jnp.zeros((num_envs,), jnp.float32))
+
+
+# ============================================================================ host envs
+class HostCollector:
+    """Rollouts of host environments (``teamrl.envs.host_env``): S seeds × E envs stepped in
+    worker processes, with one jitted call computing every env's and agent's action per step.
+
+    Host env ``s·E + e`` belongs to seed s; it is reset first with seed ``env_seed(s, e)`` so a
+    seed's environments do not depend on how many seeds or workers the run has.
+
+    Args:
+        team_env: a ``HostTeamEnv``.
+        act: (train_state, obs: TeamObs [E, ...], key) -> (action [E, N(, A)], log_prob
+            [E, N]) for one seed; vmapped over seeds here.
+        seeds: S.  num_envs: E per seed.  length: T steps per rollout.
+        first_seed: the run's first seed (seed s of the run is ``first_seed + s``).
+    """
+
+    def __init__(self, team_env, act: Callable, seeds: int, num_envs: int, length: int,
+                 first_seed: int, workers: int | None = None):
+        import numpy as np
+
+        self.S, self.E, self.T = seeds, num_envs, length
+        self.first_seed = first_seed
+        self.vec = team_env.vector(seeds * num_envs, workers)
+        b = self.vec.buffers
+
+        def act_all(train_state, obs, keys, t):
+            return jax.vmap(lambda ts, o, k: act(ts, o, jax.random.fold_in(k, t)))(
+                train_state, obs, keys)
+
+        self._act = jax.jit(act_all)
+        T = length
+        self.obs = TeamObs(*(np.zeros((T,) + getattr(b, n).shape, getattr(b, n).dtype)
+                             for n in ("obs", "state", "avail", "alive")))
+        self.final_obs = TeamObs(*(np.zeros_like(x) for x in self.obs))
+        self.action = np.zeros((T,) + b.action.shape, b.action.dtype)
+        self.log_prob = np.zeros((T,) + b.alive.shape, np.float32)
+        self.reward = np.zeros((T,) + b.reward.shape, np.float32)
+        self.terminated = np.zeros((T,) + b.terminated.shape, bool)
+        self.truncated = np.zeros_like(self.terminated)
+        self.episode_return = np.zeros(seeds * num_envs, np.float64)
+        self.timings = {"rollout": 0.0, "act": 0.0}
+
+    def env_seed(self, s: int, e: int) -> int:
+        return (self.first_seed + s) * 100_003 + e
+
+    def reset(self) -> None:
+        self.vec.reset([self.env_seed(s, e) for s in range(self.S) for e in range(self.E)])
+        self.episode_return[:] = 0.0
+
+    def _per_seed(self, x):
+        """[S·E, ...] -> [S, E, ...] (a view)."""
+        return x.reshape((self.S, self.E) + x.shape[1:])
+
+    def collect(self, train_state, keys: jax.Array):
+        """One rollout of T steps with the policy of ``train_state`` ([S]-batched).
+
+        Returns (arrays, stats): arrays is a tuple (obs, final_obs, action, log_prob, reward,
+        terminated, truncated) of NumPy arrays [T, S·E, ...]; stats an EpisodeStats of [S]
+        NumPy arrays over the episodes that finished during the rollout.
+        """
+        import time
+
+        import numpy as np
+
+        start = time.perf_counter()
+        b = self.vec.buffers
+        finished = np.full((self.T, self.S * self.E), np.nan)
+        act_time = 0.0
+        for t in range(self.T):
+            for name, store in zip(("obs", "state", "avail", "alive"), self.obs):
+                store[t] = getattr(b, name)
+            obs_t = TeamObs(*(self._per_seed(x[t]) for x in self.obs))
+            t0 = time.perf_counter()
+            action, log_prob = self._act(train_state, obs_t, keys, np.int32(t))
+            self.action[t] = np.asarray(action).reshape(self.action.shape[1:])
+            self.log_prob[t] = np.asarray(log_prob).reshape(self.log_prob.shape[1:])
+            act_time += time.perf_counter() - t0
+            self.vec.step(self.action[t])
+            for name, store in zip(("obs", "state", "avail", "alive"), self.final_obs):
+                store[t] = getattr(b, "final_" + name)
+            self.reward[t], self.terminated[t], self.truncated[t] = (
+                b.reward, b.terminated, b.truncated)
+            self.episode_return += b.reward
+            done = b.terminated | b.truncated
+            finished[t, done] = self.episode_return[done]
+            self.episode_return[done] = 0.0
+        per_seed = self._per_seed(finished.T)  # [S, E, T]
+        mask = ~np.isnan(per_seed)
+        stats = EpisodeStats(
+            return_sum=np.where(mask, per_seed, 0.0).sum(axis=(1, 2)).astype(np.float32),
+            return_min=np.where(mask, per_seed, np.inf).min(axis=(1, 2)).astype(np.float32),
+            return_max=np.where(mask, per_seed, -np.inf).max(axis=(1, 2)).astype(np.float32),
+            count=mask.sum(axis=(1, 2)).astype(np.int32))
+        self.timings["rollout"] += time.perf_counter() - start
+        self.timings["act"] += act_time
+        return (self.obs, self.final_obs, self.action, self.log_prob, self.reward,
+                self.terminated, self.truncated), stats
+
+    def close(self) -> None:
+        self.vec.close()

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from teamrl.algos import ALGORITHMS
 from teamrl.config import Config, ConfigError, validate_section
 from teamrl.envs.registry import make_env
-from teamrl.rollout import RolloutCarry, collect, reset_envs
+from teamrl.envs.spec import TeamObs
+from teamrl.rollout import Batch, HostCollector, RolloutCarry, collect, reset_envs
 
 
 @flax.struct.dataclass
@@ -32,9 +33,12 @@ class Runner:
 
 
 def resolve_agent_id(config: Config) -> bool:
+    """``agent_id=auto``: on when actors are shared, or when every agent observes the same
+    global state (MaMuJoCo ``obs=global``), where the id is the only thing telling them apart."""
     setting = config.run.agent_id
     if setting == "auto":
-        return bool(getattr(config.algo, "share_actor", False))
+        return (bool(getattr(config.algo, "share_actor", False))
+                or getattr(config.env, "obs", None) == "global")
     return setting == "true"
 
 
@@ -62,11 +66,22 @@ def total_updates(run) -> int:
     return max(run.total_steps // steps_per_update(run), 1)
 
 
+def make_trainer(config: Config) -> "Trainer":
+    """The trainer for ``config``: compiled envs train in one XLA program per chunk of
+    updates, host envs (MaMuJoCo, PettingZoo) through :class:`HostTrainer`."""
+    from teamrl.envs.registry import get_entry
+
+    return HostTrainer(config) if get_entry(config.run.env_id).host else Trainer(config)
+
+
 @dataclass
 class Trainer:
     """Compiled training of ``config.run.seeds`` seeds of one (algorithm, env)."""
 
     config: Config
+
+    def close(self) -> None:
+        """Release resources held outside JAX (none for compiled envs)."""
 
     def __post_init__(self):
         self.team_env, self.algo = build(self.config)
@@ -124,6 +139,13 @@ class Trainer:
         """K updates for all seeds: -> (runner, metrics dict of [S, K] arrays)."""
         return self._chunk(runner, num_updates)
 
+    def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
+        """Returns [S, episodes] of the first episode of ``episodes`` envs per seed."""
+        from teamrl.evaluate import episode_returns
+
+        return jax.jit(jax.vmap(lambda ts, key: episode_returns(
+            self.team_env, self.algo, ts, key, episodes, deterministic)))(train_state, keys)
+
     def evaluate(self, runner: Runner, episodes: int) -> dict:
         """Evaluation episodes of every seed's current policy, apart from training: ->
         {"eval_return_det": [S], "eval_return_stoch": [S]} (means over ``episodes``).
@@ -145,8 +167,151 @@ class Trainer:
         return {"eval_return_det": det, "eval_return_stoch": stoch}
 
 
+class HostTrainer(Trainer):
+    """Training on host environments: each update is a Python loop of T steps (one jitted
+    action call per step, the envs stepped by worker processes) followed by the same
+    compiled ``algo.update`` as for compiled envs, vmapped over seeds.
+
+    The environments live outside the checkpoint: a resumed run restarts their episodes.
+    """
+
+    def __post_init__(self):
+        self.team_env, self.algo = build(self.config)
+        self.spec = self.team_env.spec
+        run = self.config.run
+
+        def act(ts, obs, key):
+            action, log_prob, _ = self.algo.act(ts, obs, key)
+            return action, log_prob
+
+        self.collector = HostCollector(self.team_env, act, run.seeds, run.num_envs,
+                                       run.rollout_length, run.seed)
+        self.collector.reset()
+        self._split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 3)))
+        self._update_seeds = jax.jit(jax.vmap(self._host_update, in_axes=(0, 1, 0)))
+        self._compiled_update = None
+        self._evaluate = None
+        self._eval_env = None
+
+    def _init_one(self, key) -> Runner:
+        init_key, _, key = jax.random.split(key, 3)  # same key use as compiled envs
+        return Runner(self.algo.init(init_key), None, key, jnp.int32(0))
+
+    def _host_update(self, ts, arrays, update_key):
+        """One seed's update from its rollout arrays ([T, E, ...] each)."""
+        obs, final_obs, action, log_prob, reward, terminated, truncated = arrays
+        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), obs, final_obs)
+        value, next_value = jnp.split(self.algo.values(ts, both), 2)
+        batch = Batch(obs=obs, action=action, log_prob=log_prob, value=value,
+                      next_value=next_value, reward=reward, terminated=terminated,
+                      truncated=truncated)
+        ts, metrics = self.algo.update(ts, batch, update_key)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(ts)
+                                    if jnp.issubdtype(x.dtype, jnp.floating)]))
+        return ts, {**metrics, "params_finite": finite, "reward_mean": reward.mean()}
+
+    def _seed_major(self, arrays):
+        """[T, S·E, ...] -> [T, S, E, ...] views, the layout ``_update_seeds`` maps over."""
+        S, E = self.config.run.seeds, self.config.run.num_envs
+        return jax.tree.map(lambda x: x.reshape(x.shape[:1] + (S, E) + x.shape[2:]), arrays)
+
+    def _one_update(self, runner: Runner):
+        import time
+
+        import numpy as np
+
+        keys = self._split(runner.key)
+        next_key, rollout_key, update_key = keys[:, 0], keys[:, 1], keys[:, 2]
+        arrays, stats = self.collector.collect(runner.train_state, rollout_key)
+        t0 = time.perf_counter()
+        update = self._compiled_update or self._update_seeds
+        ts, metrics = update(runner.train_state, self._seed_major(arrays), update_key)
+        metrics = jax.tree.map(np.asarray, metrics)
+        self.collector.timings["update"] = (self.collector.timings.get("update", 0.0)
+                                            + time.perf_counter() - t0)
+        metrics.update(episodes=stats.count, return_sum=stats.return_sum,
+                       return_min=stats.return_min, return_max=stats.return_max)
+        return Runner(ts, None, next_key, runner.updates + 1), metrics
+
+    def compile_chunk(self, runner: Runner, num_updates: int):
+        """Compile the update ahead of time (the action function compiles on its first call);
+        returns runner -> (runner, metrics dict of [S, K] arrays)."""
+        if self._compiled_update is None:
+            c = self.collector
+            arrays = (c.obs, c.final_obs, c.action, c.log_prob, c.reward, c.terminated,
+                      c.truncated)
+            keys = self._split(runner.key)[:, 2]
+            self._compiled_update = self._update_seeds.lower(
+                runner.train_state, self._seed_major(arrays), keys).compile()
+        return lambda r: self.run_chunk(r, num_updates)
+
+    def run_chunk(self, runner: Runner, num_updates: int):
+        import numpy as np
+
+        rows = []
+        for _ in range(num_updates):
+            runner, metrics = self._one_update(runner)
+            rows.append(metrics)
+        stacked = {name: np.stack([m[name] for m in rows], axis=1) for name in rows[0]}
+        return runner, stacked
+
+    def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
+        """Returns [S, episodes] of the first episode of ``episodes`` fresh host envs per seed
+        (fixed start seeds, apart from the training envs)."""
+        import numpy as np
+
+        S = self.config.run.seeds
+        if self._eval_env is None or self._eval_env.num_envs != S * episodes:
+            if self._eval_env is not None:
+                self._eval_env.close()
+            self._eval_env = self.team_env.vector(S * episodes)
+        if self._evaluate is None:
+            self._evaluate = jax.jit(jax.vmap(
+                lambda ts, obs, key, det: self.algo.policy_action(ts, obs, key, det),
+                in_axes=(0, 0, 0, None)), static_argnums=3)
+        vec = self._eval_env
+        vec.reset([2**30 + (self.config.run.seed + s) * 100_003 + e
+                   for s in range(S) for e in range(episodes)])
+        running = np.zeros(S * episodes)
+        final = np.full(S * episodes, np.nan)
+        limit = self.spec.max_steps or 100_000
+        for t in range(limit):
+            obs = vec.observation()
+            obs = TeamObs(*(x.reshape((S, episodes) + x.shape[1:]) for x in obs))
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
+            action = np.asarray(self._evaluate(train_state, obs, step_keys, deterministic))
+            vec.step(action.reshape((S * episodes,) + action.shape[2:]))
+            b = vec.buffers
+            running += b.reward
+            done = (b.terminated | b.truncated) & np.isnan(final)
+            final[done] = running[done]
+            if not np.isnan(final).any():
+                break
+        return final.reshape(S, episodes)
+
+    def evaluate(self, runner: Runner, episodes: int) -> dict:
+        import numpy as np
+
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(runner.key)
+        det_keys, stoch_keys = (jax.vmap(lambda k: jax.random.split(k)[i])(keys)
+                                for i in (0, 1))
+        return {"eval_return_det": np.nanmean(self.evaluation_returns(
+                    runner.train_state, det_keys, episodes, True), axis=1),
+                "eval_return_stoch": np.nanmean(self.evaluation_returns(
+                    runner.train_state, stoch_keys, episodes, False), axis=1)}
+
+    def close(self) -> None:
+        self.collector.close()
+        if self._eval_env is not None:
+            self._eval_env.close()
+
+
 # =============================================================================== host loop
-class TrainingDiverged(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """Training could not go on; the message says why and where the last checkpoint is."""
+
+
+class TrainingDiverged(TrainingStopped):
     """A loss or parameter became non-finite; the message names the update and quantity."""
 
 
@@ -218,6 +383,19 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
         config: resolved config (for a resume: the run's saved config with overrides).
         resume_dir: run folder to continue from its ``latest`` checkpoint.
     """
+    from teamrl import runs
+
+    run = config.run
+    if resume_dir is None:
+        runs.check_run_dir_free(run.out, run.overwrite)
+    trainer = make_trainer(config)  # validates everything before the run folder is touched
+    try:
+        return _train_loop(config, trainer, resume_dir, log)
+    finally:
+        trainer.close()
+
+
+def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
     import math
     import pathlib
     import time
@@ -225,13 +403,11 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
     import numpy as np
 
     from teamrl import runs
+    from teamrl.envs.host_env import HostEnvError
     from teamrl.plots import plot_learning_curve
     from teamrl.progress import ProgressReporter
 
     run = config.run
-    if resume_dir is None:
-        runs.check_run_dir_free(run.out, run.overwrite)
-    trainer = Trainer(config)  # validates everything before the run folder is touched
     runner = trainer.init()
     meta = {"updates": 0, "wall_time": 0.0, "best_return": -math.inf}
     if resume_dir is not None:
@@ -266,7 +442,13 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
                 progress.log(f"[teamrl] compiled {k} updates x {run.seeds} seed(s) "
                              f"in {time.perf_counter() - t0:.1f} s")
             t0 = time.perf_counter()
-            new_runner, metrics = compiled[k](runner)
+            try:
+                new_runner, metrics = compiled[k](runner)
+            except HostEnvError as err:
+                raise TrainingStopped(
+                    f"{err}\ntraining stopped at update {updates_done}. The last good "
+                    f"checkpoint is {run_dir / 'checkpoints' / 'latest.msgpack'} "
+                    f"(update {saved_update})") from None
             metrics = jax.tree.map(np.asarray, metrics)
             elapsed = time.perf_counter() - t0
             problem = _first_nonfinite(metrics, updates_done, seeds)

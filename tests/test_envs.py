@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teamrl.envs.registry import default_env_options, list_env_ids, make_env
+from teamrl.envs.registry import REGISTRY, default_env_options, list_env_ids, make_env
 
-VARIANTS = [(env_id, {}) for env_id in list_env_ids()] + [
+COMPILED_IDS = [env_id for env_id in list_env_ids() if not REGISTRY[env_id].host]
+VARIANTS = [(env_id, {}) for env_id in COMPILED_IDS] + [
     (env_id, {"action": "continuous"}) for env_id in list_env_ids() if env_id.startswith("mpe/")]
 
 

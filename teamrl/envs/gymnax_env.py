@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import teamrl.envs.quiet_jaxmarl  # noqa: F401  (before any jaxmarl import)
 from jaxmarl.environments import spaces
 
 AGENT = "agent_0"

@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxmarl.environments import spaces
+
+import teamrl.envs.quiet_jaxmarl  # noqa: F401  (before any jaxmarl import)
+from jaxmarl.environments import spaces  # noqa: E402
 
 from teamrl.envs.spec import TeamObs, TeamSpec, TeamStep
 

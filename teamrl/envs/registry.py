@@ -68,12 +68,42 @@ class GymnaxOptions:
                             "max_steps_in_episode)", low=0)
 
 
+@dataclass
+class HostOptions:
+    """Options shared by environments stepped on the host (outside XLA)."""
+
+    workers: int = option(-1, "worker processes stepping the envs (0: in the learner's "
+                          "process; -1: one per CPU core beyond the learner's)", low=-1)
+
+
+@dataclass
+class MaMuJoCoOptions(HostOptions):
+    """Options of Multi-Agent MuJoCo (gymnasium-robotics mamujoco_v1)."""
+
+    obs: str = option("global", "observation protocol: global (the full state plus the agent "
+                      "id, as in the HAPPO/HATRPO/A2PO papers) or local (obsk neighbourhoods)",
+                      choices=["global", "local"])
+    obsk: int = option(1, "obs=local: observe the joints within obsk hops", low=0)
+    max_steps: int = option(1000, "episode limit (truncation, bootstrapped)", low=1)
+
+
+@dataclass
+class PettingZooOptions(HostOptions):
+    """Options of any PettingZoo ParallelEnv ``pettingzoo/<module>``."""
+
+    env_kwargs: dict = option({}, "keyword arguments of <module>.parallel_env(...), "
+                              "e.g. {N: 3, continuous_actions: false}")
+    max_steps: int = option(0, "episode limit of the adapter (truncation) on top of the "
+                            "env's own (0: the env's own only)", low=0)
+
+
 @dataclass(frozen=True)
 class EnvEntry:
     env_id: str
     description: str
     options: type
     build: Callable[[Any], tuple[Any, dict]]
+    host: bool = False  # stepped on the host by worker processes, not compiled
 
 
 _MPE_SCENARIOS = {
@@ -161,16 +191,77 @@ def _entries() -> dict[str, EnvEntry]:
     return entries
 
 
-REGISTRY: dict[str, EnvEntry] = _entries()
+def _mamujoco_builder(scenario: str, agent_conf: str):
+    def build(opts: MaMuJoCoOptions):
+        from teamrl.envs.host_worker import EnvRecipe
+
+        recipe = EnvRecipe("teamrl.envs.mamujoco", "make_parallel_env",
+                           {"scenario": scenario, "agent_conf": agent_conf, "obs": opts.obs,
+                            "obsk": opts.obsk, "max_steps": opts.max_steps})
+        # The env's own TimeLimit truncates at max_steps; the adapter only needs the horizon.
+        return recipe, {"host": True, "episode_limit": opts.max_steps, "max_steps": 0,
+                        "workers": opts.workers}
+
+    return build
+
+
+def _pettingzoo_builder(module: str):
+    def build(opts: PettingZooOptions):
+        import importlib
+
+        from teamrl.envs.host_worker import EnvRecipe
+
+        try:
+            imported = importlib.import_module(module)
+        except ImportError as err:
+            raise EnvIdError(f"pettingzoo/{module}: cannot import module {module!r} "
+                             f"({type(err).__name__}: {err}); install the package that "
+                             "provides it") from None
+        if not callable(getattr(imported, "parallel_env", None)):
+            raise EnvIdError(f"pettingzoo/{module}: module {module!r} has no parallel_env(); "
+                             "valid: a module exposing a PettingZoo parallel_env factory")
+        recipe = EnvRecipe("teamrl.envs.registry", "build_pettingzoo",
+                           {"module": module, "kwargs": dict(opts.env_kwargs)})
+        return recipe, {"host": True, "max_steps": opts.max_steps,
+                        "episode_limit": opts.max_steps or 10_000, "workers": opts.workers}
+
+    return build
+
+
+def build_pettingzoo(module: str, kwargs: dict):
+    """``<module>.parallel_env(**kwargs)`` (the recipe of ``pettingzoo/<module>`` env ids)."""
+    import importlib
+
+    return importlib.import_module(module).parallel_env(**kwargs)
+
+
+def _host_entries() -> dict[str, EnvEntry]:
+    from teamrl.envs.mamujoco import all_splits
+
+    entries = {}
+    for scenario, conf in all_splits():
+        env_id = f"mamujoco/{scenario}-{conf}"
+        entries[env_id] = EnvEntry(env_id, f"MaMuJoCo {scenario} split {conf} (host, MuJoCo)",
+                                   MaMuJoCoOptions, _mamujoco_builder(scenario, conf), host=True)
+    return entries
+
+
+REGISTRY: dict[str, EnvEntry] = {**_entries(), **_host_entries()}
 
 
 def list_env_ids() -> list[str]:
+    """Registered ids (besides these, ``pettingzoo/<module>`` takes any PettingZoo module)."""
     return sorted(REGISTRY)
 
 
 def get_entry(env_id: str) -> EnvEntry:
+    family, _, module = env_id.partition("/")
+    if family == "pettingzoo" and module:
+        return EnvEntry(env_id, f"PettingZoo {module}.parallel_env (host)", PettingZooOptions,
+                        _pettingzoo_builder(module), host=True)
     if env_id not in REGISTRY:
-        raise EnvIdError(f"unknown env id {env_id!r}; valid env ids: {', '.join(list_env_ids())}")
+        raise EnvIdError(f"unknown env id {env_id!r}; valid env ids: {', '.join(list_env_ids())}"
+                         ", pettingzoo/<module>")
     return REGISTRY[env_id]
 
 
@@ -184,4 +275,12 @@ def make_env(env_id: str, options=None, agent_id: bool = False, team_reward: str
     entry = get_entry(env_id)
     opts = options if options is not None else entry.options()
     env, adapter_kwargs = entry.build(opts)
+    if adapter_kwargs.pop("host", False):
+        from teamrl.envs.host_env import HostEnvError, HostTeamEnv
+
+        try:
+            return HostTeamEnv(env, env_id, agent_id=agent_id, team_reward=team_reward,
+                               **adapter_kwargs)
+        except HostEnvError as err:
+            raise ConfigError(str(err)) from None
     return JaxTeamEnv(env, env_id, agent_id=agent_id, team_reward=team_reward, **adapter_kwargs)

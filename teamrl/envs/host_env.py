@@ -1,0 +1,276 @@
+"""Host environments (MaMuJoCo, any PettingZoo ParallelEnv) as batched team arrays.
+
+``HostTeamEnv`` describes a host env family member (its :class:`TeamSpec`, derived from one
+probe instance) and creates :class:`HostVectorEnv` s: E environments stepped either in this
+process (``workers=0``) or spread over W worker processes (``teamrl.envs.host_worker``) that
+read actions from and write observations to shared memory. Each step costs one pipe message
+per worker; the learner computes every environment's and agent's actions in one jitted call
+(``teamrl.rollout.HostCollector``).
+
+Determinism: environment i is reset with seed ``seed + i`` at the start and continues its own
+random stream through later episodes, so results do not depend on how many workers share the
+environments.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from multiprocessing.connection import wait
+
+import numpy as np
+
+from teamrl.envs.host_worker import EnvRecipe, TeamAdapter, TeamBuffers, TeamLayout, worker_main
+from teamrl.envs.spec import TeamObs, TeamSpec
+
+
+class HostEnvError(RuntimeError):
+    """A host environment or one of its worker processes failed; the message says which."""
+
+
+def default_workers(num_envs: int) -> int:
+    """Worker processes for ``num_envs`` envs: one per core beyond the learner's, at least one
+    (on 2 cores: 1 worker stepping all envs while the learner computes actions)."""
+    return max(1, min(num_envs, (os.cpu_count() or 2) - 1))
+
+
+def _describe_space(space, what: str):
+    import gymnasium
+
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return "discrete", int(space.n), None, None
+    if isinstance(space, gymnasium.spaces.Box):
+        return "continuous", int(np.prod(space.shape)), np.broadcast_to(
+            space.low, space.shape).reshape(-1), np.broadcast_to(space.high,
+                                                                 space.shape).reshape(-1)
+    raise HostEnvError(f"{what}: unsupported action space {type(space).__name__}; valid: "
+                       "Discrete or Box")
+
+
+def inspect_env(env, env_id: str, agent_id: bool, team_reward: str, max_steps: int
+                ) -> TeamLayout:
+    """Read agent names, spaces and conventions from one (not yet reset) ParallelEnv."""
+    import gymnasium
+
+    names = tuple(env.possible_agents)
+    kinds, action_dims, lows, highs = [], [], [], []
+    for name in names:
+        kind, dim, low, high = _describe_space(env.action_space(name), f"{env_id} {name}")
+        kinds.append(kind)
+        action_dims.append(dim)
+        lows.append(low)
+        highs.append(high)
+    if len(set(kinds)) != 1:
+        raise HostEnvError(f"{env_id}: mixed action spaces {sorted(set(kinds))}; valid: all "
+                           "Discrete or all Box")
+    discrete = kinds[0] == "discrete"
+    obs_key = mask_key = None
+    obs_dims = []
+    for name in names:
+        space = env.observation_space(name)
+        if isinstance(space, gymnasium.spaces.Dict):
+            obs_key = "observation" if "observation" in space.spaces else None
+            mask_key = "action_mask" if "action_mask" in space.spaces else None
+            if obs_key is None:
+                raise HostEnvError(f"{env_id}: Dict observation without an 'observation' "
+                                   f"entry (keys {sorted(space.spaces)})")
+            space = space.spaces[obs_key]
+        obs_dims.append(int(np.prod(space.shape)))
+    width = max(action_dims)
+
+    def padded(bounds):
+        return tuple(tuple(float(v) for v in np.pad(np.asarray(b, np.float64),
+                                                     (0, width - len(b)))) for b in bounds)
+
+    env.reset(seed=0)
+    try:
+        state = np.asarray(env.state())
+        state_source, state_dim = "env", int(state.size)
+    except (NotImplementedError, AttributeError):
+        state_source, state_dim = "concat", sum(obs_dims)
+    if team_reward not in ("mean", "sum"):
+        raise HostEnvError(f"team_reward={team_reward!r} is not valid; valid: mean, sum")
+    return TeamLayout(
+        agent_names=names, obs_dims=tuple(obs_dims),
+        obs_dim=max(obs_dims) + (len(names) if agent_id else 0), state_dim=state_dim,
+        discrete=discrete, action_dims=tuple(action_dims),
+        action_low=() if discrete else padded(lows),
+        action_high=() if discrete else padded(highs),
+        agent_id=agent_id, max_steps=int(max_steps), team_reward=team_reward,
+        state_source=state_source, obs_key=obs_key, mask_key=mask_key)
+
+
+class HostTeamEnv:
+    """A host environment seen as a team: the static spec plus a factory of vector envs.
+
+    Args:
+        recipe: how to build one PettingZoo ParallelEnv (in any process).
+        env_id: registry id.
+        max_steps: the adapter's episode limit (truncation); 0 keeps only the env's own
+            limit, in which case ``episode_limit`` must say how long episodes can last.
+        episode_limit: the longest possible episode (the evaluation horizon).
+        workers: default worker processes of vector envs (-1: ``default_workers``).
+    """
+
+    is_host = True
+
+    def __init__(self, recipe: EnvRecipe, env_id: str, agent_id: bool = False,
+                 team_reward: str = "mean", max_steps: int = 0, episode_limit: int = 0,
+                 workers: int = -1):
+        self.recipe, self.workers = recipe, workers
+        probe = recipe.build()
+        try:
+            self.layout = inspect_env(probe, env_id, agent_id, team_reward, max_steps)
+        finally:
+            probe.close()
+        lay = self.layout
+        self.spec = TeamSpec(
+            env_id=env_id, agent_names=tuple(str(n) for n in lay.agent_names),
+            obs_dims=lay.obs_dims, obs_dim=lay.obs_dim, state_dim=lay.state_dim,
+            action_kind="discrete" if lay.discrete else "continuous",
+            action_dims=lay.action_dims, action_low=lay.action_low,
+            action_high=lay.action_high, max_steps=int(max_steps or episode_limit),
+            agent_id=agent_id)
+
+    def vector(self, num_envs: int, workers: int | None = None) -> "HostVectorEnv":
+        workers = self.workers if workers is None else workers
+        if workers < 0:
+            workers = default_workers(num_envs)
+        return HostVectorEnv(self.recipe, self.layout, num_envs, workers)
+
+
+class HostVectorEnv:
+    """E host environments, in-process (``workers=0``) or over W worker processes.
+
+    ``buffers`` holds the team arrays: ``obs/state/avail/alive`` (the observation to act on),
+    ``final_*`` (the observation reached by the last step, before any reset), ``action``
+    (written by the learner before :meth:`step`), ``reward``, ``terminated``, ``truncated``.
+    Use as a context manager (or call :meth:`close`): workers are stopped on exit.
+    """
+
+    def __init__(self, recipe: EnvRecipe, layout: TeamLayout, num_envs: int, workers: int):
+        self.layout, self.num_envs = layout, num_envs
+        self.workers = min(max(workers, 0), num_envs)
+        self._processes, self._conns, self._adapters = [], [], []
+        self.closed = False
+        if self.workers == 0:
+            self.buffers = TeamBuffers(layout, num_envs)
+            self._adapters = [TeamAdapter(recipe.build(), layout, self.buffers, e)
+                              for e in range(num_envs)]
+            return
+        ctx = mp.get_context("spawn")  # never fork a process that runs XLA threads
+        raw = ctx.RawArray("b", TeamBuffers.size(layout, num_envs))
+        self.buffers = TeamBuffers(layout, num_envs, raw)
+        slices = np.array_split(np.arange(num_envs), self.workers)
+        try:
+            for w, indices in enumerate(slices):
+                parent, child = ctx.Pipe()
+                process = ctx.Process(target=worker_main, name=f"teamrl-env-worker-{w}",
+                                      args=(w, recipe, layout, raw, num_envs,
+                                            [int(i) for i in indices], child), daemon=True)
+                process.start()
+                child.close()
+                self._processes.append(process)
+                self._conns.append(parent)
+            self._gather()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes]
+
+    # ------------------------------------------------------------------- communication
+    def _gather(self) -> None:
+        """Wait for every worker's reply; raise HostEnvError naming a failed or dead one."""
+        pending = dict(zip(self._conns, range(len(self._conns))))
+        errors = []
+        while pending:
+            for conn in wait(list(pending)):
+                w = pending.pop(conn)
+                try:
+                    status, detail = conn.recv()
+                except (EOFError, OSError):
+                    process = self._processes[w]
+                    process.join(timeout=1.0)
+                    errors.append(f"env worker {w} (pid {process.pid}) died with exit code "
+                                  f"{process.exitcode}")
+                    continue
+                if status == "error":
+                    errors.append(f"env worker failed: {detail.rstrip()}")
+        if errors:
+            self.close()
+            raise HostEnvError("; ".join(errors))
+
+    def _broadcast(self, command: str, argument=None) -> None:
+        if self.closed:
+            raise HostEnvError("the host environments are closed")
+        for w, conn in enumerate(self._conns):
+            try:
+                conn.send((command, argument))
+            except (BrokenPipeError, OSError):
+                pass  # reported by _gather with the worker's exit code
+        self._gather()
+
+    # ----------------------------------------------------------------------------- API
+    def reset(self, seeds) -> None:
+        """Reset every env; ``seeds``: [E] ints (or None entries to continue the stream)."""
+        seeds = [None if s is None else int(s) for s in seeds]
+        if self.workers == 0:
+            for adapter in self._adapters:
+                adapter.reset(seeds[adapter.index])
+        else:
+            self._broadcast("reset", dict(enumerate(seeds)))
+
+    def step(self, action: np.ndarray) -> None:
+        """Step all envs with ``action`` [E, N] int or [E, N, A] float; results are in
+        ``buffers`` afterwards."""
+        self.buffers.action[...] = action
+        if self.workers == 0:
+            try:
+                for adapter in self._adapters:
+                    adapter.step()
+            except Exception as err:
+                raise HostEnvError(f"host env step failed: {type(err).__name__}: {err}") \
+                    from err
+        else:
+            self._broadcast("step")
+
+    def observation(self, final: bool = False) -> TeamObs:
+        """A copy of the current (or final) observation: TeamObs of [E, ...] NumPy arrays."""
+        p = "final_" if final else ""
+        b = self.buffers
+        return TeamObs(*(getattr(b, p + name).copy() for name in ("obs", "state", "avail",
+                                                                  "alive")))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self._processes:
+            process.join(timeout=5.0)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=1.0)
+        for conn in self._conns:
+            conn.close()
+        for adapter in self._adapters:
+            adapter.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
