@@ -10,9 +10,10 @@ different run counts. A *stratified* bootstrap resamples runs with replacement w
 task independently, so every resample keeps the task set and each task's run count; the
 interval then says how the estimate would move with other seeds on the same tasks.
 
-rliable itself is not used: it installs (no downgrades) but pulls in arch and statsmodels
-(8 packages) for what is a few lines of numpy, draws its resamples from numpy's global
-random state, and needs equal run counts on every task. Every statistic here is computed on
+rliable itself is not used: rliable 1.2.0 (Aug 2024) installs without downgrading anything,
+but pulls in arch, statsmodels and five more packages for what is a few lines of numpy,
+draws its resamples from numpy's global random state (its ``random_state`` argument does
+not reach the index draws), and needs equal run counts on every task. Every statistic here is computed on
 arrays with a leading resample axis, so a bootstrap is one vectorised call, and ``seed``
 makes it reproducible. With equal run counts the point estimates equal rliable's
 (``aggregate_iqm``, ``aggregate_mean``, ``probability_of_improvement``,

@@ -69,11 +69,17 @@ def all_splits() -> list[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """gymnasium-robotics prints an unrelated Adroit notice on import and MuJoCo a deprecation
-    note when compiling some models; keep them off the user's terminal."""
+def _quiet_construction():
+    """gymnasium-robotics prints an unrelated Adroit notice on import, and MuJoCo warns about
+    a deprecated attribute of some shipped models while compiling them (to stderr and to a
+    MUJOCO_LOG.TXT in the working directory); keep both off the user's terminal and folder.
+    MuJoCo's warning handler is restored afterwards, so simulation warnings still show."""
+    import mujoco
+
     sys.stderr.flush()
     saved = os.dup(2)
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
@@ -82,6 +88,7 @@ def _quiet_stderr():
                 yield
             sys.stderr.flush()
     finally:
+        mujoco.set_mju_user_warning(previous)
         os.dup2(saved, 2)
         os.close(saved)
 
@@ -150,7 +157,7 @@ class GlobalObservation:
 def make_parallel_env(scenario: str, agent_conf: str, obs: str = "global", obsk: int = 1,
                       max_steps: int = 1000, render_mode: str | None = None):
     """One MaMuJoCo ParallelEnv with the given observation protocol and episode limit."""
-    with _quiet_stderr():
+    with _quiet_construction():
         from gymnasium_robotics import mamujoco_v1
 
         env = mamujoco_v1.parallel_env(
