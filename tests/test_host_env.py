@@ -1,0 +1,252 @@
+"""Host environments: the MaMuJoCo and PettingZoo adapters against the envs themselves, the
+worker runner (same results with any number of workers, clear errors when a worker fails),
+and training through it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from teamrl.envs.host_env import HostEnvError
+from teamrl.envs.registry import default_env_options, make_env
+
+MAMUJOCO_SPLITS = ["HalfCheetah-2x3", "HalfCheetah-3x2", "HalfCheetah-6x1", "Ant-2x4",
+                   "Ant-4x2", "Ant-8x1", "Walker2d-2x3", "Walker2d-3x2", "Walker2d-6x1",
+                   "Hopper-3x1", "Humanoid-9|8", "Humanoid-17x1", "Swimmer-2x1",
+                   "ManySegmentSwimmer-10x2"]
+
+
+def _host_env(env_id, agent_id=False, team_reward="mean", **options):
+    opts = default_env_options(env_id)
+    opts.workers = 0
+    for k, v in options.items():
+        setattr(opts, k, v)
+    return make_env(env_id, opts, agent_id=agent_id, team_reward=team_reward)
+
+
+def _reference(split, **kwargs):
+    """The gymnasium-robotics env itself (shipped splits) for comparison."""
+    from gymnasium_robotics import mamujoco_v1
+
+    scenario, conf = split.split("-")
+    return mamujoco_v1.parallel_env(scenario, conf, **kwargs)
+
+
+# ------------------------------------------------------------------------------ MaMuJoCo
+@pytest.mark.parametrize("split", MAMUJOCO_SPLITS)
+def test_mamujoco_spec_matches_gymnasium_robotics(split):
+    from teamrl.envs.mamujoco import ADDED_SPLITS, make_parallel_env
+
+    scenario, conf = split.split("-")
+    local = _host_env(f"mamujoco/{split}", obs="local")
+    glob = _host_env(f"mamujoco/{split}", agent_id=True, obs="global")
+    ours = make_parallel_env(scenario, conf, obs="local")
+    ours.reset(seed=0)
+    state_dim = np.asarray(ours.state()).size
+    names = ours.possible_agents
+    if (scenario, conf) not in ADDED_SPLITS:
+        ref = _reference(split)
+        ref.reset(seed=0)
+        assert names == ref.possible_agents
+        assert local.spec.obs_dims == tuple(ref.observation_space(a).shape[0] for a in names)
+        assert local.spec.action_dims == tuple(ref.action_space(a).shape[0] for a in names)
+        assert state_dim == np.asarray(ref.state()).size
+    # Added splits regroup the actuators: every actuator belongs to exactly one agent.
+    act_ids = sorted(node.act_ids for part in ours.unwrapped.agent_action_partitions
+                     for node in part)
+    n_actuators = ours.unwrapped.single_agent_env.action_space.shape[0]
+    assert act_ids == list(range(n_actuators))
+    assert sum(local.spec.action_dims) == n_actuators
+    assert glob.spec.action_dims == local.spec.action_dims
+    assert local.spec.state_dim == glob.spec.state_dim == state_dim
+    # obs=global: the full state plus the one-hot agent id, for every agent.
+    n = len(names)
+    assert glob.spec.obs_dims == (state_dim,) * n and glob.spec.obs_dim == state_dim + n
+    mask = glob.spec.action_mask
+    assert (mask.sum(axis=1) == np.asarray(glob.spec.action_dims)).all()
+    if split == "Humanoid-9|8":
+        assert mask.shape == (2, 9) and mask[0].all() and mask[1].sum() == 8
+
+
+def test_mamujoco_team_matches_env_over_an_episode():
+    """Observations, state and reward of the team equal the env's own over random steps."""
+    split = "HalfCheetah-2x3"
+    team = _host_env(f"mamujoco/{split}", obs="local", max_steps=40)
+    ref = _reference(split, max_episode_steps=40)
+    ref_obs, _ = ref.reset(seed=7)
+    rng = np.random.default_rng(0)
+    with team.vector(1) as vec:
+        vec.reset([7])
+        b = vec.buffers
+        for t in range(40):
+            names = ref.possible_agents
+            for i, a in enumerate(names):
+                np.testing.assert_allclose(b.obs[0, i, :len(ref_obs[a])], ref_obs[a], rtol=1e-6,
+                                           atol=1e-6)
+            np.testing.assert_allclose(b.state[0], ref.state(), rtol=1e-6, atol=1e-6)
+            action = rng.uniform(-1, 1, (1, 2, 3)).astype(np.float32)
+            vec.step(action)
+            ref_obs, rewards, terms, truncs, _ = ref.step(
+                {a: action[0, i] for i, a in enumerate(names)})
+            assert b.reward[0] == pytest.approx(np.mean(list(rewards.values())), rel=1e-5)
+            assert b.terminated[0] == any(terms.values())
+            assert b.truncated[0] == (t == 39)
+            assert not any(terms.values())
+    assert any(truncs.values())
+
+
+def test_mamujoco_truncation_and_termination_kept_apart():
+    with _host_env("mamujoco/HalfCheetah-2x3", max_steps=5).vector(1) as vec:
+        vec.reset([0])
+        for t in range(5):
+            vec.step(np.zeros((1, 2, 3), np.float32))
+        b = vec.buffers
+        assert b.truncated[0] and not b.terminated[0]
+        # The final observation is the state reached, the next one a fresh episode.
+        assert not np.allclose(b.final_state[0], b.state[0])
+    with _host_env("mamujoco/Hopper-3x1").vector(1) as vec:
+        vec.reset([0])
+        for t in range(1000):  # full torques topple the hopper long before the time limit
+            vec.step(np.ones((1, 3, 1), np.float32))
+            if vec.buffers.terminated[0] or vec.buffers.truncated[0]:
+                break
+        assert vec.buffers.terminated[0] and not vec.buffers.truncated[0] and t < 999
+
+
+# ------------------------------------------------------------------------------ PettingZoo
+def test_pettingzoo_agents_leaving_are_masked_and_zeroed():
+    team = _host_env("pettingzoo/host_fixtures", agent_id=True, team_reward="sum")
+    spec = team.spec
+    assert spec.obs_dims == (2, 3, 4) and spec.obs_dim == 4 + 3 and spec.state_dim == 2
+    with team.vector(1) as vec:
+        vec.reset([3])
+        b = vec.buffers
+        history = []
+        for t in range(6):
+            history.append((b.alive[0].copy(), b.obs[0].copy(), b.avail[0].copy()))
+            vec.step(np.ones((1, 3), np.int32))
+            # Agents that acted count in the final observation; a2 leaves after step 3.
+            assert b.final_alive[0].tolist() == [True, True, t < 3]
+            assert b.reward[0] == (3 if t < 3 else 2) * (1 + t + 1)
+            assert b.truncated[0] == (t == 5) and not b.terminated[0]
+        alive, obs, avail = zip(*history)
+        assert [a.tolist() for a in alive] == [[True, True, t < 3] for t in range(6)]
+        for t in range(6):
+            assert (obs[t][2, :4] == 0).all() == (t >= 3)
+            np.testing.assert_array_equal(obs[t][:, -3:], np.eye(3))  # agent ids stay
+            # action 2 unavailable on odd env steps (the env's action_mask)
+            assert avail[t][0].tolist() == [True, True, t % 2 == 0]
+        # After the truncation the env was reset: everyone is back.
+        assert b.alive[0].all()
+
+
+def test_pettingzoo_bad_module_is_a_clear_error():
+    from teamrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'"):
+        _host_env("pettingzoo/no_such_module_xyz")
+    with pytest.raises(ConfigError, match="has no parallel_env"):
+        _host_env("pettingzoo/json")
+
+
+# --------------------------------------------------------------------------------- runner
+def _trajectory(team, workers, num_envs=4, steps=25):
+    rng = np.random.default_rng(1)
+    out = []
+    with team.vector(num_envs, workers) as vec:
+        vec.reset(range(10, 10 + num_envs))
+        for _ in range(steps):
+            vec.step(rng.uniform(-1, 1, vec.buffers.action.shape).astype(np.float32))
+            b = vec.buffers
+            out.append(np.concatenate([b.obs.ravel(), b.final_state.ravel(), b.reward,
+                                       b.terminated, b.truncated]))
+    return np.stack(out)
+
+
+def test_runner_same_results_with_0_1_2_workers():
+    team = _host_env("mamujoco/HalfCheetah-2x3", max_steps=10)
+    reference = _trajectory(team, 0)
+    for workers in (1, 2):
+        np.testing.assert_array_equal(_trajectory(team, workers), reference)
+
+
+def test_killed_worker_is_reported():
+    team = _host_env("mamujoco/HalfCheetah-2x3")
+    vec = team.vector(4, workers=2)
+    vec.reset(range(4))
+    vec.step(np.zeros(vec.buffers.action.shape, np.float32))
+    os.kill(vec.pids[1], signal.SIGKILL)
+    with pytest.raises(HostEnvError, match=r"env worker 1 \(pid \d+\) died with exit code -9"):
+        vec.step(np.zeros(vec.buffers.action.shape, np.float32))
+    assert vec.closed
+
+
+def test_failing_env_reports_the_workers_traceback():
+    team = _host_env("pettingzoo/host_fixtures", env_kwargs={"crash_at": 3})
+    for workers in (0, 1):
+        vec = team.vector(2, workers)
+        vec.reset([0, 1])
+        with pytest.raises(HostEnvError, match="relay env exploded on purpose") as info:
+            for _ in range(3):
+                vec.step(np.zeros((2, 3), np.int32))
+        if workers:
+            assert "Traceback" in str(info.value) and "host_fixtures.py" in str(info.value)
+        vec.close()
+
+
+# ------------------------------------------------------------------------------- training
+def _host_config(tmp_path, algo="happo", env_id="mamujoco/HalfCheetah-2x3", **overrides):
+    from teamrl.cli_config import base_config
+    from teamrl.config import apply_overrides
+
+    config = base_config(algo, env_id)
+    settings = {"num_envs": 4, "rollout_length": 20, "total_steps": 160, "eval_every": 0,
+                "progress": "none", "out": str(tmp_path / "run"), "log_every": 1,
+                "hidden_sizes": "[16,16]", **overrides}
+    apply_overrides(config, {k: str(v) for k, v in settings.items()})
+    return config
+
+
+def test_training_identical_with_1_and_2_workers(tmp_path):
+    from teamrl.train import train
+
+    params = []
+    for workers in (1, 2):
+        config = _host_config(tmp_path / str(workers), workers=workers, total_steps=160)
+        summary = train(config)
+        params.append(jax.tree.leaves(summary["runner"].train_state.actor_params))
+    for a, b in zip(*params):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_killed_worker_stops_training_with_intact_checkpoint(tmp_path, monkeypatch):
+    from teamrl import runs
+    from teamrl.rollout import HostCollector
+    from teamrl.train import TrainingStopped, make_trainer, train
+
+    calls = {"n": 0}
+    original = HostCollector.collect
+
+    def collect_then_kill(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after two logged (and checkpointed) updates
+            os.kill(self.vec.pids[0], signal.SIGKILL)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HostCollector, "collect", collect_then_kill)
+    config = _host_config(tmp_path, algo="mappo", env_id="pettingzoo/host_fixtures",
+                          workers=1, total_steps=400)
+    with pytest.raises(TrainingStopped, match=r"died with exit code -9(.|\n)*last good "
+                                              r"checkpoint(.|\n)*\(update 2\)"):
+        train(config)
+    monkeypatch.setattr(HostCollector, "collect", original)
+    trainer = make_trainer(config)
+    try:
+        runner, meta = runs.load_checkpoint(tmp_path / "run", "latest", trainer.init())
+    finally:
+        trainer.close()
+    assert meta["updates"] == 2
