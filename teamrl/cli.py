@@ -51,10 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a run's policy",
                        description="Run evaluation episodes with RUN_DIR's best (else latest) "
-                                   "checkpoint; writes eval_*.json in the run folder.")
+                                   "checkpoint; writes eval_*.json in the run folder. With "
+                                   "render=FILE.gif|FILE.mp4, renders episodes (default 1) of "
+                                   "seed 0 instead (MaMuJoCo offscreen via EGL, PettingZoo "
+                                   "rgb_array, MPE); .mp4 needs pip install 'teamrl[render]'.")
     e.add_argument("run_dir")
     e.add_argument("settings", nargs="*", metavar="key=value",
-                   help="episodes=N deterministic=true|false checkpoint=best|latest")
+                   help="episodes=N deterministic=true|false checkpoint=best|latest "
+                        "render=FILE.gif|.mp4 fps=N")
 
     pl = sub.add_parser("plot", help="learning curves of run folders, mean and bootstrap CI",
                         description=PLOT_HELP)
@@ -142,7 +146,7 @@ def cmd_eval(args) -> int:
     from teamrl.evaluate import evaluate_run
 
     settings = parse_key_values(args.settings)
-    allowed = {"episodes", "deterministic", "checkpoint"}
+    allowed = {"episodes", "deterministic", "checkpoint", "render", "fps"}
     bad = sorted(set(settings) - allowed)
     if bad:
         raise ConfigError(f"unknown eval key {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
@@ -155,6 +159,21 @@ def cmd_eval(args) -> int:
     checkpoint = settings.get("checkpoint", "best")
     if checkpoint not in ("best", "latest"):
         raise ConfigError(f"checkpoint={checkpoint!r} is not valid; valid choices: best, latest")
+    if not os.path.isfile(os.path.join(args.run_dir, "config.yaml")):
+        raise ConfigError(f"{args.run_dir!r} is not a run folder (no config.yaml)")
+    if settings.get("render"):
+        from teamrl.evaluate import render_run
+
+        fps = coerce("fps", settings.get("fps", "0"), int)
+        if fps < 0:
+            raise ConfigError(f"fps={fps} is out of range; must be >= 0 (0: the env's rate)")
+        result = render_run(args.run_dir, settings["render"], episodes or 1, deterministic,
+                            checkpoint, fps)
+        returns = ", ".join(f"{r:.3f}" for r in result["returns"])
+        print(f"[teamrl] rendered {len(result['returns'])} episode(s) of seed 0 "
+              f"({result['checkpoint']} checkpoint at {result['env_steps']} env steps; "
+              f"return {returns}): {result['frames']} frames written to {result['file']}")
+        return 0
     result = evaluate_run(args.run_dir, episodes, deterministic, checkpoint)
     mode = "deterministic" if deterministic else "stochastic"
     for row in result["seeds"]:
@@ -289,9 +308,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "plot": cmd_plot,
                 "report": cmd_report, "list": cmd_list}
+    from teamrl.runs import CheckpointError
+
     try:
         return handlers[args.command](args)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
         print("teamrl: interrupted; the latest checkpoint is kept", file=sys.stderr)

@@ -66,6 +66,8 @@ class NetworkConfig:
     hidden_sizes: list = option([64, 64], "hidden layer widths")
     activation: str = option("tanh", "hidden activation", choices=["tanh", "relu", "gelu", "silu"])
     layer_norm: bool = option(False, "layer norm after each hidden layer")
+    input_norm: bool = option(False, "layer norm of the network input (HARL's feature "
+                              "normalisation)")
     log_std_init: float = option(-0.5, "initial log std of Gaussian policies")
     log_std_min: float = option(-5.0, "lower clip of the Gaussian log std")
     log_std_max: float = option(2.0, "upper clip of the Gaussian log std")

@@ -70,3 +70,193 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
     (run_dir / name).write_text(json.dumps(result, indent=2))
     result["file"] = str(run_dir / name)
     return result
+
+
+# ================================================================================ rendering
+RENDER_FORMATS = (".gif", ".mp4")
+_GL_HELP = ("install the Debian package libegl1 (MUJOCO_GL=egl, the default without a "
+            "display) or libosmesa6 (MUJOCO_GL=osmesa)")
+
+
+def _prepare_headless_gl() -> None:
+    """MuJoCo picks its OpenGL backend when it is first imported: without a display, use EGL
+    (offscreen, GPU or Mesa) unless the user chose another backend."""
+    import os
+
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+def _host_frames(trainer, train_state, episodes: int, deterministic: bool, key):
+    """Frames [T, H, W, 3] uint8 and returns of ``episodes`` episodes of a host env rendered
+    with its own ``render_mode="rgb_array"``, in this process."""
+    import dataclasses
+    import os
+
+    from teamrl.config import ConfigError
+    from teamrl.envs.host_worker import TeamAdapter, TeamBuffers
+    from teamrl.envs.spec import TeamObs
+
+    team_env = trainer.team_env
+    recipe = team_env.recipe
+    if recipe.function == "build_pettingzoo":
+        kwargs = {**recipe.kwargs, "kwargs": {**recipe.kwargs["kwargs"],
+                                              "render_mode": "rgb_array"}}
+    else:
+        kwargs = {**recipe.kwargs, "render_mode": "rgb_array"}
+    env_id = team_env.spec.env_id
+    gl = os.environ.get("MUJOCO_GL", "glfw")
+    try:
+        env = dataclasses.replace(recipe, kwargs=kwargs).build()
+        buffers = TeamBuffers(team_env.layout, 1)
+        adapter = TeamAdapter(env, team_env.layout, buffers, 0)
+        adapter.reset(2**31 - 1)
+        first = env.render()
+    except Exception as err:  # noqa: BLE001 - any GL or env failure gets the same advice
+        if env_id.startswith("mamujoco/"):
+            raise ConfigError(f"rendering {env_id} offscreen failed with MUJOCO_GL={gl} "
+                              f"({type(err).__name__}: {err}); {_GL_HELP}") from None
+        raise ConfigError(f"{env_id} cannot render rgb_array frames ({type(err).__name__}: "
+                          f"{err}); valid: envs whose parallel_env accepts "
+                          "render_mode='rgb_array'") from None
+    if first is None:
+        raise ConfigError(f"{env_id} returned no frame from render(); valid: envs whose "
+                          "parallel_env accepts render_mode='rgb_array'")
+    policy = jax.jit(lambda obs, k: trainer.algo.policy_action(train_state, obs, k,
+                                                               deterministic))
+    frames, returns = [np.asarray(first)], []
+    try:
+        for episode in range(episodes):
+            total = 0.0
+            for t in range(trainer.spec.max_steps or 100_000):
+                obs = TeamObs(*(getattr(buffers, n)[0] for n in ("obs", "state", "avail",
+                                                                  "alive")))
+                k = jax.random.fold_in(jax.random.fold_in(key, episode), t)
+                buffers.action[0] = np.asarray(policy(obs, k))
+                adapter.step()
+                total += float(buffers.reward[0])
+                frames.append(np.asarray(env.render()))  # after a reset: the next start
+                if buffers.terminated[0] or buffers.truncated[0]:
+                    break
+            returns.append(total)
+    finally:
+        adapter.close()
+    return frames, returns
+
+
+def _mpe_frames(trainer, train_state, episodes: int, deterministic: bool, key):
+    """Frames of a JaxMARL MPE env drawn with matplotlib from the entity positions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    team_env = trainer.team_env
+    env = team_env.env
+    reset = jax.jit(team_env.reset)
+    step = jax.jit(team_env.step)
+    policy = jax.jit(lambda obs, k: trainer.algo.policy_action(train_state, obs, k,
+                                                               deterministic))
+    positions, returns = [], []
+    for episode in range(episodes):
+        ekey = jax.random.fold_in(key, episode)
+        state, obs = reset(ekey)
+        total = 0.0
+        positions.append(np.asarray(state.env_state.p_pos))
+        for t in range(team_env.spec.max_steps):
+            k_act, k_env = jax.random.split(jax.random.fold_in(ekey, t + 1))
+            state, out = step(k_env, state, policy(obs, k_act))
+            total += float(out.reward)
+            positions.append(np.asarray(state.env_state.p_pos))
+            obs = out.next_obs
+            if bool(out.terminated | out.truncated):
+                break
+        returns.append(total)
+    bound = max(1.0, float(np.abs(np.stack(positions)).max()) + 0.2)
+    colours = [tuple(c / 255 for c in rgb) for rgb in env.colour]
+    radii = np.asarray(env.rad)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    frames = []
+    for pos in positions:
+        ax.clear()
+        ax.set_xlim(-bound, bound)
+        ax.set_ylim(-bound, bound)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        # Landmarks first, agents on top (agents are the first num_agents entities).
+        for i in list(range(env.num_agents, len(pos))) + list(range(env.num_agents)):
+            ax.add_patch(plt.Circle(pos[i], radii[i], color=colours[i],
+                                    alpha=0.9 if i < env.num_agents else 0.6))
+        fig.canvas.draw()
+        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    return frames, returns
+
+
+def render_run(run_dir, out, episodes: int = 1, deterministic: bool = True,
+               checkpoint: str = "best", fps: int = 0) -> dict:
+    """Render ``episodes`` evaluation episodes of the first seed of a run to ``out`` (.gif or
+    .mp4). MaMuJoCo and PettingZoo envs render with their own ``rgb_array`` mode (MuJoCo
+    offscreen through EGL by default), MPE through matplotlib. Returns a summary dict."""
+    import os
+    import tempfile
+
+    from teamrl import runs
+    from teamrl.cli_config import config_from_run_dir
+    from teamrl.config import ConfigError
+    from teamrl.train import make_trainer
+
+    out = pathlib.Path(out)
+    if out.suffix.lower() not in RENDER_FORMATS:
+        raise ConfigError(f"render={str(out)!r} must end in one of {', '.join(RENDER_FORMATS)}")
+    if out.suffix.lower() == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"render={str(out)!r}: writing .mp4 needs imageio-ffmpeg; "
+                              "pip install 'teamrl[render]', or render to .gif") from None
+    if not out.parent.is_dir():
+        raise ConfigError(f"render={str(out)!r}: folder {str(out.parent)!r} does not exist")
+    _prepare_headless_gl()
+    run_dir = pathlib.Path(run_dir)
+    config = config_from_run_dir(run_dir, {})
+    env_id = config.run.env_id
+    if not runs.checkpoint_exists(run_dir, checkpoint):
+        checkpoint = "latest"
+    trainer = make_trainer(config)
+    try:
+        runner, meta = runs.load_checkpoint(run_dir, checkpoint, trainer.init())
+        train_state = jax.tree.map(lambda x: x[0], runner.train_state)
+        key = jax.random.fold_in(trainer.seed_keys()[0], 0xF11E)
+        if getattr(trainer.team_env, "is_host", False):
+            frames, returns = _host_frames(trainer, train_state, episodes, deterministic, key)
+            fps = fps or 1000 // 50  # MuJoCo tasks step at 20 ms (HalfCheetah: dt 0.05 s)
+        elif env_id.startswith("mpe/"):
+            frames, returns = _mpe_frames(trainer, train_state, episodes, deterministic, key)
+            fps = fps or 10
+        else:
+            raise ConfigError(f"{env_id} has no renderer; valid: mamujoco/*, pettingzoo/* "
+                              "envs with render_mode='rgb_array', mpe/*")
+    finally:
+        trainer.close()
+    import imageio.v2 as imageio
+
+    # Write next to the target and rename: an interrupted render never leaves half a file.
+    handle, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
+    os.close(handle)
+    try:
+        if out.suffix.lower() == ".gif":
+            imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
+        else:
+            imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal rights
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"file": str(out), "frames": len(frames), "returns": returns,
+            "checkpoint": checkpoint, "env_steps": meta.get("env_steps")}

@@ -27,6 +27,7 @@ class MLP(nn.Module):
     activation: str = "tanh"
     layer_norm: bool = False
     out_gain: float = 1.0
+    input_norm: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -34,6 +35,8 @@ class MLP(nn.Module):
         # dims in the backward pass about 2x slower than the same GEMM on [B*N, in].
         lead = x.shape[:-1]
         x = x.reshape((-1, x.shape[-1]))
+        if self.input_norm:  # HARL's feature normalisation: unscaled MuJoCo states vary widely
+            x = nn.LayerNorm()(x)
         act = _ACTIVATIONS[self.activation]
         for width in self.hidden_sizes:
             x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)),
@@ -54,11 +57,12 @@ class GaussianHead(nn.Module):
     activation: str
     layer_norm: bool
     log_std_init: float
+    input_norm: bool = False
 
     @nn.compact
     def __call__(self, x):
         mean = MLP(self.hidden_sizes, self.action_dim, self.activation, self.layer_norm,
-                   out_gain=0.01)(x)
+                   out_gain=0.01, input_norm=self.input_norm)(x)
         log_std = self.param("log_std", nn.initializers.constant(self.log_std_init),
                              (self.action_dim,))
         return mean, log_std
@@ -109,10 +113,10 @@ class Actor:
         cfg = self.net
         if self.spec.discrete:
             module = MLP(tuple(cfg.hidden_sizes), self.spec.action_dim, cfg.activation,
-                         cfg.layer_norm, out_gain=0.01)
+                         cfg.layer_norm, out_gain=0.01, input_norm=cfg.input_norm)
         else:
             module = GaussianHead(tuple(cfg.hidden_sizes), self.spec.action_dim, cfg.activation,
-                                  cfg.layer_norm, cfg.log_std_init)
+                                  cfg.layer_norm, cfg.log_std_init, cfg.input_norm)
         return AgentStack(module, self.spec.n_agents, self.shared)
 
     def init(self, key):
@@ -154,7 +158,8 @@ class Critic:
     @property
     def stack(self) -> AgentStack:
         cfg = self.net
-        module = MLP(tuple(cfg.hidden_sizes), 1, cfg.activation, cfg.layer_norm, out_gain=1.0)
+        module = MLP(tuple(cfg.hidden_sizes), 1, cfg.activation, cfg.layer_norm, out_gain=1.0,
+                     input_norm=cfg.input_norm)
         return AgentStack(module, self.spec.n_agents, shared=self.central or self.shared)
 
     def init(self, key):

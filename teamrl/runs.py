@@ -343,6 +343,10 @@ def checkpoint_exists(run_dir, name: str) -> bool:
     return msgpack_path.is_file() and json_path.is_file()
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the run's configuration."""
+
+
 def load_checkpoint(run_dir, name: str, template):
     """Load ``(tree, meta)`` saved by :func:`save_checkpoint`.
 
@@ -355,18 +359,18 @@ def load_checkpoint(run_dir, name: str, template):
     msgpack_path, json_path = _checkpoint_paths(run_dir, name)
     for p in (msgpack_path, json_path):
         if not p.is_file():
-            raise FileNotFoundError(f"checkpoint '{name}' is incomplete: missing {p}")
+            raise CheckpointError(f"checkpoint '{name}' is incomplete: missing {p}")
     try:
         sidecar = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"checkpoint metadata {json_path} is not valid JSON: {e}") from e
+        raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON: {e}") from e
     expected = sidecar.get("msgpack_sha256") if isinstance(sidecar, dict) else None
     if not expected:
-        raise ValueError(f"checkpoint metadata {json_path} has no msgpack_sha256; cannot verify {msgpack_path.name}")
+        raise CheckpointError(f"checkpoint metadata {json_path} has no msgpack_sha256; cannot verify {msgpack_path.name}")
     payload = msgpack_path.read_bytes()
     actual = hashlib.sha256(payload).hexdigest()
     if actual != expected:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint '{name}' in {msgpack_path.parent} is corrupt or mismatched: "
             f"sha256 of {msgpack_path.name} is {actual[:12]}..., "
             f"{json_path.name} expects {expected[:12]}..."
@@ -375,5 +379,7 @@ def load_checkpoint(run_dir, name: str, template):
         restored = serialization.msgpack_restore(payload)
         tree = serialization.from_state_dict(template, restored)
     except Exception as e:
-        raise ValueError(f"checkpoint '{name}' does not match the expected structure: {e}") from e
+        raise CheckpointError(f"checkpoint '{name}' does not match the run's configuration "
+                              f"(saved by an older teamrl or edited config?): "
+                              f"{str(e).splitlines()[0]}") from None
     return tree, sidecar.get("meta", {})

@@ -184,14 +184,24 @@ class HostTrainer(Trainer):
             action, log_prob, _ = self.algo.act(ts, obs, key)
             return action, log_prob
 
-        self.collector = HostCollector(self.team_env, act, run.seeds, run.num_envs,
-                                       run.rollout_length, run.seed)
-        self.collector.reset()
+        self._act = act
+        self._collector = None
         self._split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 3)))
         self._update_seeds = jax.jit(jax.vmap(self._host_update, in_axes=(0, 1, 0)))
         self._compiled_update = None
         self._evaluate = None
         self._eval_env = None
+
+    @property
+    def collector(self) -> HostCollector:
+        """The training envs and their workers, started on first use (evaluation and
+        rendering of a saved run need none)."""
+        if self._collector is None:
+            run = self.config.run
+            self._collector = HostCollector(self.team_env, self._act, run.seeds, run.num_envs,
+                                            run.rollout_length, run.seed)
+            self._collector.reset()
+        return self._collector
 
     def _init_one(self, key) -> Runner:
         init_key, _, key = jax.random.split(key, 3)  # same key use as compiled envs
@@ -301,7 +311,8 @@ class HostTrainer(Trainer):
                     runner.train_state, stoch_keys, episodes, False), axis=1)}
 
     def close(self) -> None:
-        self.collector.close()
+        if self._collector is not None:
+            self._collector.close()
         if self._eval_env is not None:
             self._eval_env.close()
 

@@ -14,8 +14,10 @@ environments.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import sys
 from multiprocessing.connection import wait
 
 import numpy as np
@@ -100,6 +102,27 @@ def inspect_env(env, env_id: str, agent_id: bool, team_reward: str, max_steps: i
         state_source=state_source, obs_key=obs_key, mask_key=mask_key)
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start spawned workers without re-running the user's ``__main__``: everything a worker
+    needs is importable from teamrl and the recipe's module. Without this, a script lacking an
+    ``if __name__ == "__main__":`` guard would be re-executed in every worker, and code fed on
+    stdin could not start workers at all. Only read while ``Process.start()`` runs."""
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__")
+             if main is not None and name in main.__dict__}
+    try:
+        for name in saved:
+            if name == "__spec__":
+                main.__spec__ = None
+            else:
+                del main.__dict__[name]
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
 class HostTeamEnv:
     """A host environment seen as a team: the static spec plus a factory of vector envs.
 
@@ -118,7 +141,11 @@ class HostTeamEnv:
                  team_reward: str = "mean", max_steps: int = 0, episode_limit: int = 0,
                  workers: int = -1):
         self.recipe, self.workers = recipe, workers
-        probe = recipe.build()
+        try:
+            probe = recipe.build()
+        except Exception as err:  # noqa: BLE001 - whatever the env raises, name it once
+            raise HostEnvError(f"{env_id}: building the environment failed: "
+                               f"{type(err).__name__}: {err}") from None
         try:
             self.layout = inspect_env(probe, env_id, agent_id, team_reward, max_steps)
         finally:
@@ -168,7 +195,8 @@ class HostVectorEnv:
                 process = ctx.Process(target=worker_main, name=f"teamrl-env-worker-{w}",
                                       args=(w, recipe, layout, raw, num_envs,
                                             [int(i) for i in indices], child), daemon=True)
-                process.start()
+                with _main_module_hidden():
+                    process.start()
                 child.close()
                 self._processes.append(process)
                 self._conns.append(parent)

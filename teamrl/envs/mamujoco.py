@@ -68,13 +68,29 @@ def all_splits() -> list[tuple[str, str]]:
     return sorted(set(pairs) | set(ADDED_SPLITS))
 
 
+GL_HELP = ("install the Debian package libegl1 and set MUJOCO_GL=egl (offscreen), or "
+           "libosmesa6 and MUJOCO_GL=osmesa, or unset MUJOCO_GL when a display is available")
+
+
+def import_mujoco():
+    """``import mujoco``, which loads the OpenGL backend named by MUJOCO_GL; a missing
+    backend becomes one clear error instead of PyOpenGL's traceback."""
+    try:
+        import mujoco
+    except (ImportError, AttributeError, OSError) as err:
+        raise RuntimeError(f"MuJoCo could not load its OpenGL backend MUJOCO_GL="
+                           f"{os.environ.get('MUJOCO_GL', '(unset)')} ({type(err).__name__}: "
+                           f"{err}); {GL_HELP}") from None
+    return mujoco
+
+
 @contextlib.contextmanager
 def _quiet_construction():
     """gymnasium-robotics prints an unrelated Adroit notice on import, and MuJoCo warns about
     a deprecated attribute of some shipped models while compiling them (to stderr and to a
     MUJOCO_LOG.TXT in the working directory); keep both off the user's terminal and folder.
     MuJoCo's warning handler is restored afterwards, so simulation warnings still show."""
-    import mujoco
+    mujoco = import_mujoco()
 
     sys.stderr.flush()
     saved = os.dup(2)
