@@ -271,3 +271,58 @@ def test_happo_learns_halfcheetah(tmp_path):
                                                   if int(r["env_steps"]) > 80_000]
     assert first < 0
     assert np.mean(last) > first + 150, (first, last)
+
+
+# ------------------------------------------------------------------------------ rendering
+def _cli(*args, env=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "teamrl.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_render_mamujoco_gif_and_missing_gl_backend(tmp_path):
+    """Offscreen MuJoCo frames through EGL; a missing OpenGL backend is one clear line."""
+    import imageio.v2 as imageio
+
+    from teamrl.train import train
+
+    run_dir = tmp_path / "run"
+    train(_host_config(tmp_path, total_steps=80, max_steps=20, workers=0))
+    gif = tmp_path / "cheetah.gif"
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    env.pop("MUJOCO_GL", None)
+    done = _cli("eval", str(run_dir), f"render={gif}", env={"MUJOCO_GL": "egl"})
+    assert done.returncode == 0, done.stderr
+    frames = imageio.mimread(gif)
+    assert len(frames) == 21  # the reset frame and one per step of the 20-step episode
+    assert frames[0].ndim == 3 and frames[0].std() > 0
+    assert not np.array_equal(frames[0], frames[-1])  # the cheetah moved
+    bad = _cli("eval", str(run_dir), f"render={tmp_path / 'x.gif'}",
+               env={"MUJOCO_GL": "osmesa"})
+    assert bad.returncode == 2
+    assert "OpenGL backend MUJOCO_GL=osmesa" in bad.stderr and "libegl1" in bad.stderr
+    assert bad.stderr.count("\n") == 1 and not (tmp_path / "x.gif").exists()
+
+
+def test_render_mpe_gif_and_bad_requests(tmp_path):
+    import imageio.v2 as imageio
+
+    from teamrl.cli_config import base_config
+    from teamrl.config import ConfigError, apply_overrides
+    from teamrl.evaluate import render_run
+    from teamrl.train import train
+
+    config = base_config("mappo", "mpe/simple_spread")
+    apply_overrides(config, {"total_steps": "4096", "progress": "none", "eval_every": "0",
+                             "out": str(tmp_path / "mpe")})
+    train(config)
+    result = render_run(tmp_path / "mpe", tmp_path / "spread.gif", episodes=2)
+    assert len(result["returns"]) == 2 and result["frames"] == 2 * 26
+    # (the GIF writer merges consecutive identical frames, so the file may hold fewer)
+    assert 26 < len(imageio.mimread(tmp_path / "spread.gif")) <= 52
+    with pytest.raises(ConfigError, match=r"must end in one of \.gif, \.mp4"):
+        render_run(tmp_path / "mpe", tmp_path / "spread.avi")
+    with pytest.raises(ConfigError, match="does not exist"):
+        render_run(tmp_path / "mpe", tmp_path / "nowhere" / "spread.gif")
