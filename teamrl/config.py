@@ -68,6 +68,8 @@ class NetworkConfig:
     layer_norm: bool = option(False, "layer norm after each hidden layer")
     input_norm: bool = option(False, "layer norm of the network input (HARL's feature "
                               "normalisation)")
+    obs_norm: bool = option(False, "standardise observations and states by running mean/std "
+                            "(kept in checkpoints), clipped to +-10")
     log_std_init: float = option(-0.5, "initial log std of Gaussian policies")
     log_std_min: float = option(-5.0, "lower clip of the Gaussian log std")
     log_std_max: float = option(2.0, "upper clip of the Gaussian log std")

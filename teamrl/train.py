@@ -55,6 +55,10 @@ def build(config: Config):
                         team_reward=run.team_reward)
     algo_cls.check(team_env.spec, config.algo, run)
     algo = algo_cls(team_env.spec, config.algo, config.network, total_updates(run))
+    if config.network.obs_norm:
+        from teamrl.algos.obs_norm import ObsNormalised
+
+        algo = ObsNormalised(algo, team_env.spec)
     return team_env, algo
 
 
@@ -207,15 +211,20 @@ class HostTrainer(Trainer):
         init_key, _, key = jax.random.split(key, 3)  # same key use as compiled envs
         return Runner(self.algo.init(init_key), None, key, jnp.int32(0))
 
-    def _host_update(self, ts, arrays, update_key):
-        """One seed's update from its rollout arrays ([T, E, ...] each)."""
+    def host_batch(self, ts, arrays) -> Batch:
+        """One seed's Batch from its rollout arrays ([T, E, ...] each, as collected): the
+        critic is evaluated once over the observations and the final observations."""
         obs, final_obs, action, log_prob, reward, terminated, truncated = arrays
         both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), obs, final_obs)
         value, next_value = jnp.split(self.algo.values(ts, both), 2)
-        batch = Batch(obs=obs, action=action, log_prob=log_prob, value=value,
-                      next_value=next_value, reward=reward, terminated=terminated,
-                      truncated=truncated)
-        ts, metrics = self.algo.update(ts, batch, update_key)
+        return Batch(obs=obs, action=action, log_prob=log_prob, value=value,
+                     next_value=next_value, reward=reward, terminated=terminated,
+                     truncated=truncated)
+
+    def _host_update(self, ts, arrays, update_key):
+        """One seed's update from its rollout arrays ([T, E, ...] each)."""
+        reward = arrays[4]
+        ts, metrics = self.algo.update(ts, self.host_batch(ts, arrays), update_key)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(ts)
                                     if jnp.issubdtype(x.dtype, jnp.floating)]))
         return ts, {**metrics, "params_finite": finite, "reward_mean": reward.mean()}

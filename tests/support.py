@@ -9,13 +9,25 @@ import jax
 from teamrl.cli_config import base_config
 from teamrl.config import apply_overrides
 from teamrl.rollout import collect
-from teamrl.train import Trainer
+from teamrl.train import Trainer, make_trainer
 
 
 def trainer_for(algo: str, env_id: str, **overrides) -> Trainer:
+    """The trainer of (algo, env) with overrides (a HostTrainer for host envs: close it)."""
     config = base_config(algo, env_id)
     apply_overrides(config, {k: str(v) for k, v in overrides.items()})
-    return Trainer(config)
+    return make_trainer(config)
+
+
+def host_rollout_batch(trainer):
+    """(train state, Batch [T, E, ...]) of one host-env rollout of seed 0's fresh policy."""
+    runner = trainer.init()
+    keys = trainer._split(runner.key)[:, 1]
+    arrays, _ = trainer.collector.collect(runner.train_state, keys)
+    num_envs = trainer.config.run.num_envs
+    ts = jax.tree.map(lambda x: x[0], runner.train_state)
+    arrays = jax.tree.map(lambda x: jax.numpy.asarray(x[:, :num_envs]), arrays)
+    return ts, trainer.host_batch(ts, arrays)
 
 
 def rollout_batch(trainer: Trainer, seed: int = 0, train_state=None):

@@ -97,6 +97,15 @@ class PettingZooOptions(HostOptions):
                             "env's own (0: the env's own only)", low=0)
 
 
+@dataclass
+class GymnasiumOptions(HostOptions):
+    """Options of a single-agent Gymnasium env ``gymnasium/<id>`` (a team of one)."""
+
+    env_kwargs: dict = option({}, "keyword arguments of gymnasium.make(<id>, ...)")
+    max_steps: int = option(0, "episode limit of the adapter (truncation) on top of the "
+                            "env's own TimeLimit (0: the env's own only)", low=0)
+
+
 @dataclass(frozen=True)
 class EnvEntry:
     env_id: str
@@ -228,6 +237,39 @@ def _pettingzoo_builder(module: str):
     return build
 
 
+def _gymnasium_builder(gym_id: str):
+    def build(opts: GymnasiumOptions):
+        import gymnasium
+
+        from teamrl.envs.host_worker import EnvRecipe
+
+        try:
+            spec = gymnasium.spec(gym_id)
+        except gymnasium.error.Error as err:
+            raise EnvIdError(f"gymnasium/{gym_id}: not a registered Gymnasium env ({err}); "
+                             "e.g. gymnasium/Hopper-v5, gymnasium/CartPole-v1") from None
+        limit = opts.max_steps or spec.max_episode_steps or 10_000
+        recipe = EnvRecipe("teamrl.envs.gymnasium_env", "make_parallel_env",
+                           {"env_id": gym_id, "kwargs": dict(opts.env_kwargs)})
+        return recipe, {"host": True, "max_steps": opts.max_steps, "episode_limit": limit,
+                        "workers": opts.workers}
+
+    return build
+
+
+# Listed by `teamrl list` (any other registered Gymnasium id works too).
+GYMNASIUM_LISTED = {
+    "Hopper-v5": "MuJoCo hopper (3-d torque)", "Walker2d-v5": "MuJoCo walker (6-d torque)",
+    "HalfCheetah-v5": "MuJoCo half cheetah (6-d torque)",
+    "Swimmer-v5": "MuJoCo swimmer (2-d torque)", "Ant-v5": "MuJoCo ant (8-d torque)",
+    "InvertedPendulum-v5": "MuJoCo inverted pendulum (1-d force)",
+    "InvertedDoublePendulum-v5": "MuJoCo inverted double pendulum (1-d force)",
+    "CartPole-v1": "classic cart-pole (2 actions)", "Acrobot-v1": "classic acrobot (3 actions)",
+    "MountainCar-v0": "classic mountain car (3 actions)",
+    "Pendulum-v1": "classic pendulum swing-up (1-d torque)",
+}
+
+
 def build_pettingzoo(module: str, kwargs: dict):
     """``<module>.parallel_env(**kwargs)`` (the recipe of ``pettingzoo/<module>`` env ids)."""
     import importlib
@@ -243,6 +285,10 @@ def _host_entries() -> dict[str, EnvEntry]:
         env_id = f"mamujoco/{scenario}-{conf}"
         entries[env_id] = EnvEntry(env_id, f"MaMuJoCo {scenario} split {conf} (host, MuJoCo)",
                                    MaMuJoCoOptions, _mamujoco_builder(scenario, conf), host=True)
+    for gym_id, text in GYMNASIUM_LISTED.items():
+        entries[f"gymnasium/{gym_id}"] = EnvEntry(
+            f"gymnasium/{gym_id}", f"Gymnasium {text}, one agent (host)", GymnasiumOptions,
+            _gymnasium_builder(gym_id), host=True)
     return entries
 
 
@@ -259,9 +305,12 @@ def get_entry(env_id: str) -> EnvEntry:
     if family == "pettingzoo" and module:
         return EnvEntry(env_id, f"PettingZoo {module}.parallel_env (host)", PettingZooOptions,
                         _pettingzoo_builder(module), host=True)
+    if family == "gymnasium" and module and env_id not in REGISTRY:
+        return EnvEntry(env_id, f"Gymnasium {module}, one agent (host)", GymnasiumOptions,
+                        _gymnasium_builder(module), host=True)
     if env_id not in REGISTRY:
         raise EnvIdError(f"unknown env id {env_id!r}; valid env ids: {', '.join(list_env_ids())}"
-                         ", pettingzoo/<module>")
+                         ", pettingzoo/<module>, gymnasium/<id>")
     return REGISTRY[env_id]
 
 
