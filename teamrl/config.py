@@ -65,7 +65,7 @@ class NetworkConfig:
 
     hidden_sizes: list = option([64, 64], "hidden layer widths")
     activation: str = option("tanh", "hidden activation", choices=["tanh", "relu", "gelu", "silu"])
-    layer_norm: bool = option(False, "layer norm after each hidden layer")
+    layer_norm: bool = option(False, "layer norm after each hidden layer's activation")
     input_norm: bool = option(False, "layer norm of the network input (HARL's feature "
                               "normalisation)")
     obs_norm: bool = option(False, "standardise observations and states by running mean/std "

@@ -41,9 +41,9 @@ class MLP(nn.Module):
         for width in self.hidden_sizes:
             x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)),
                          bias_init=nn.initializers.zeros)(x)
-            if self.layer_norm:
-                x = nn.LayerNorm()(x)
             x = act(x)
+            if self.layer_norm:  # after the activation, as HARL's MLP layers
+                x = nn.LayerNorm()(x)
         out = nn.Dense(self.out_dim, kernel_init=nn.initializers.orthogonal(self.out_gain),
                        bias_init=nn.initializers.zeros)(x)
         return out.reshape(lead + (self.out_dim,))
