@@ -219,7 +219,7 @@ class HostTrainer(Trainer):
         value, next_value = jnp.split(self.algo.values(ts, both), 2)
         return Batch(obs=obs, action=action, log_prob=log_prob, value=value,
                      next_value=next_value, reward=reward, terminated=terminated,
-                     truncated=truncated)
+                     truncated=truncated, next_obs=final_obs)
 
     def _host_update(self, ts, arrays, update_key):
         """One seed's update from its rollout arrays ([T, E, ...] each)."""

@@ -89,7 +89,7 @@ def test_exact_resume_matches_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["train", "nosuchalgo", "mpe/simple_spread"], "unknown algorithm 'nosuchalgo'; valid algorithms: a2po, coppo, dpo, happo, hatrpo, ippo, mappo, ppo, tnpg, trpo"),
+    (["train", "nosuchalgo", "mpe/simple_spread"], "unknown algorithm 'nosuchalgo'; valid algorithms: a2po, coppo, dpo, happo, hatrpo, i2q, ippo, iql, ma2ql, mappo, ppo, tnpg, trpo"),
     (["train", "mappo", "mpe/nope"], "unknown env id 'mpe/nope'; valid env ids: didactic/climbing"),
     (["train", "mappo", "mpe/simple_spread", "lrr=1"], "unknown key 'lrr'; valid keys:"),
     (["train", "mappo", "mpe/simple_spread", "seeds=two"], "seeds='two' has the wrong type; expected a int"),

@@ -18,7 +18,10 @@ Q-network then regresses on a mix of that "ideal" target and IQL's own (double D
 
 λ = 0.2 is the authors' default (their sweep: 0.1, 0.2, 0.3). All three networks are per
 agent (stacked on the agent axis, or shared with ``share_q``), each with its own Adam and
-gradient clipping, and their targets are updated together on IQL's schedule.
+gradient clipping, and their targets are updated together on IQL's schedule. Two small
+departures from the authors' SMAC code: Q_ss and V read the agent's observations (theirs read
+the recurrent agents' hidden states; our agents are feed-forward), and the V loss is a plain
+masked mean (theirs divides by the sum of the expectile weights, a per-batch rescaling).
 
 On λ: the normalisation λ = α / mean|Q_ss| belongs to the continuous-action variant, where
 it weighs Q_ss against a squared error in the forward model's loss; in the discrete mixed

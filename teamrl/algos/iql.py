@@ -304,7 +304,8 @@ class IQL:
                       "td_abs": masked_mean(jnp.abs(td_error), d["alive"])}
 
     def team_loss(self, params: dict, target_params: dict, sample: dict):
-        """All agents at once (vmap over the agent axis): -> (loss [], metrics, agent means).
+        """All agents at once (vmap over the agent axis): -> (loss [], metrics averaged over
+        agents). ``sample`` is a replay minibatch (leaves [B, N, ...] / [B]).
 
         Stacked parameters: each agent's loss drives only its own slice, so sum; shared
         parameters: mean over agents."""

@@ -12,11 +12,13 @@ not guarantee. Learning targets are IQL's double DQN targets (``iql.py``).
 
 The paper leaves turn length and buffer handling open (REFERENCE.md §3); our choices:
 
-* ``turn_length`` = 50 updates (with the shipped presets a few thousand gradient steps and
-  ≥ 10 target syncs per turn): a turn must be long enough for Q_k to approach its best
-  response (the convergence argument) yet short enough that every agent gets many turns in a
-  run; the paper's own ablation finds learning insensitive over a wide range of turn lengths
-  and poor only when turns are very short (≈ IQL) or when few turns fit in training.
+* ``turn_length`` = 100 updates (400 gradient steps at the default updates_per_rollout=4;
+  the shipped presets give about 4 target syncs per turn: didactic 50 updates x 4 steps,
+  MPE 100 updates x 8 steps, targets every 50 / 200 steps). A turn must be long enough for
+  Q_k to approach its best response to the frozen partners (the convergence argument rests
+  on it) yet short enough that every agent gets several turns in a run: 1M MPE steps are
+  25 turns, about 8 per agent. Very short turns make MA2QL an IQL with a slower clock; very
+  long ones leave the last agents little training.
 * ``sync_target_on_turn=true``: at the start of its turn agent k's target network is set to
   its online network. Q_k has not moved since its last turn but its target may lag by up to
   ``target_update_every`` steps; a fresh copy starts the turn's Q-iteration from the agent's
@@ -49,7 +51,7 @@ from teamrl.config import ConfigError, option
 class MA2QLConfig(IQLConfig):
     """IQL's settings plus the turn schedule."""
 
-    turn_length: int = option(50, "learning updates (rollout + updates_per_rollout gradient "
+    turn_length: int = option(100, "learning updates (rollout + updates_per_rollout gradient "
                               "steps) per agent turn", low=1)
     sync_target_on_turn: bool = option(True, "copy the learning agent's Q-network into its "
                                        "target at the start of its turn")
