@@ -112,86 +112,97 @@ def split_observation(layout: TeamLayout, raw_obs):
 
 
 class TeamAdapter:
-    """One PettingZoo ParallelEnv writing into row ``index`` of shared team buffers."""
+    """One PettingZoo ParallelEnv writing into row ``index`` of shared team buffers.
+
+    The per-step path is plain Python over cached row views: with MuJoCo stepping in tens of
+    microseconds, small NumPy calls would otherwise cost as much as the physics.
+    """
 
     def __init__(self, env, layout: TeamLayout, buffers: TeamBuffers, index: int):
         self.env, self.layout, self.buffers, self.index = env, layout, buffers, index
         self.episode_step = 0
-        self.low = np.asarray(layout.action_low, np.float32) if not layout.discrete else None
-        self.high = np.asarray(layout.action_high, np.float32) if not layout.discrete else None
+        self.names = list(layout.agent_names)
+        self.alive = [True] * layout.n_agents
+        # Row views of this env in every shared array: {"": {...}, "final_": {...}}.
+        self.rows = {p: {n: getattr(buffers, p + n)[index] for n in ("obs", "state", "avail",
+                                                                     "alive")}
+                     for p in ("", "final_")}
+        self.action_row = buffers.action[index]
+        self.id_columns = slice(layout.obs_dim - layout.n_agents, layout.obs_dim)
+        self.eye = np.eye(layout.n_agents, dtype=np.float32)
+        if not layout.discrete:
+            self.low = np.asarray(layout.action_low, np.float32)
+            self.high = np.asarray(layout.action_high, np.float32)
+        self.mean_reward = layout.team_reward == "mean"
 
     # ------------------------------------------------------------------------- packing
-    def _write(self, prefix: str, observations: dict, alive: np.ndarray) -> None:
+    def _write(self, prefix: str, observations: dict, alive: list) -> None:
         """Write one observation (``prefix`` "" or "final_") of this env into the buffers."""
-        lay, b, e = self.layout, self.buffers, self.index
-        obs, avail = getattr(b, prefix + "obs")[e], getattr(b, prefix + "avail")[e]
-        obs[:] = 0.0
-        avail[:] = False
-        rows = []
-        for i, name in enumerate(lay.agent_names):
+        lay, row = self.layout, self.rows[prefix]
+        obs, avail = row["obs"], row["avail"]
+        obs.fill(0.0)
+        avail.fill(False)
+        for i, name in enumerate(self.names):
             dim, width = lay.obs_dims[i], lay.action_dims[i]
-            if alive[i] and name in observations:
-                vector, mask = split_observation(lay, observations[name])
-                obs[i, :dim] = vector
-                avail[i, :width] = True if mask is None else np.asarray(mask, bool)[:width]
-                rows.append(obs[i, :dim])
-            else:
+            raw = observations.get(name) if alive[i] else None
+            if raw is None:
                 avail[i, :width] = True  # dead agents: any valid mask, their samples are masked
-                rows.append(np.zeros(dim, np.float32))
+                continue
+            vector, mask = split_observation(lay, raw)
+            obs[i, :dim] = vector
+            avail[i, :width] = True if mask is None else np.asarray(mask, bool)[:width]
         if lay.agent_id:
-            obs[:, lay.obs_dim - lay.n_agents:] = np.eye(lay.n_agents, dtype=np.float32)
-        state = getattr(b, prefix + "state")[e]
-        state[:] = (np.asarray(self.env.state(), np.float32).reshape(-1)
-                    if lay.state_source == "env" else np.concatenate(rows))
-        getattr(b, prefix + "alive")[e] = alive
+            obs[:, self.id_columns] = self.eye
+        if lay.state_source == "env":
+            row["state"][:] = np.asarray(self.env.state()).reshape(-1)
+        else:
+            row["state"][:] = np.concatenate([obs[i, :d] for i, d in enumerate(lay.obs_dims)])
+        row["alive"][:] = alive
 
     # ----------------------------------------------------------------------------- API
     def reset(self, seed: int | None) -> None:
         """Start an episode (seeded if ``seed`` is given); writes the next observation."""
         observations, _ = self.env.reset(seed=seed)
         self.episode_step = 0
-        self.alive = np.array([n in observations for n in self.layout.agent_names])
+        self.alive = [n in observations for n in self.names]
         self._write("", observations, self.alive)
 
     def step(self) -> None:
         """Step with this env's row of ``buffers.action``; write reward, flags, the final
         observation and the next one (after an automatic reset when the episode ended)."""
-        lay, b, e = self.layout, self.buffers, self.index
-        actions = {}
-        for i, name in enumerate(lay.agent_names):
-            if self.alive[i]:
-                if lay.discrete:
-                    actions[name] = int(b.action[e, i])
-                else:
-                    width = lay.action_dims[i]
-                    actions[name] = np.clip(b.action[e, i, :width], self.low[i, :width],
-                                            self.high[i, :width])
+        lay, b, e, names, alive = self.layout, self.buffers, self.index, self.names, self.alive
+        if lay.discrete:
+            actions = {n: int(self.action_row[i]) for i, n in enumerate(names) if alive[i]}
+        else:
+            clipped = np.clip(self.action_row, self.low, self.high)
+            actions = {n: clipped[i, :lay.action_dims[i]] for i, n in enumerate(names)
+                       if alive[i]}
         observations, rewards, terminations, truncations, _ = self.env.step(actions)
         self.episode_step += 1
-        per_agent = np.array([float(rewards.get(n, 0.0)) for n in lay.agent_names])
-        b.reward[e] = per_agent.mean() if lay.team_reward == "mean" else per_agent.sum()
+        total = sum(float(rewards.get(n, 0.0)) for n in names)
+        b.reward[e] = total / len(names) if self.mean_reward else total
+        truncated_any = any(truncations.get(n, False) for n in names)
         finished = [bool(terminations.get(n, False)) or bool(truncations.get(n, False))
-                    for n in lay.agent_names]
-        remaining = [i for i in range(lay.n_agents) if self.alive[i] and not finished[i]]
-        over = not remaining or not self.env.agents
+                    for n in names]
+        over = not self.env.agents or not any(a and not f for a, f in zip(alive, finished))
         at_limit = lay.max_steps > 0 and self.episode_step >= lay.max_steps
         # A terminal state is never bootstrapped, even when it coincides with a time limit.
-        terminated = over and not any(bool(truncations.get(n, False)) for n in lay.agent_names)
+        terminated = over and not truncated_any
         b.terminated[e] = terminated
         b.truncated[e] = (over or at_limit) and not terminated
         # The final observation: every agent that acted this step is still "alive" in it.
-        self._write("final_", observations, self.alive.copy())
+        self._write("final_", observations, alive)
         if over or at_limit:
             self.reset(None)
-        else:
-            self.alive = self.alive & ~np.asarray(finished)
-            for name in ("obs", "state", "avail"):
-                getattr(b, name)[e] = getattr(b, "final_" + name)[e]
-            b.alive[e] = self.alive
-            b.obs[e][~self.alive] = 0.0
-            if lay.agent_id:
-                b.obs[e, :, lay.obs_dim - lay.n_agents:] = np.eye(lay.n_agents,
-                                                                  dtype=np.float32)
+            return
+        self.alive = [a and not f for a, f in zip(alive, finished)]
+        now, final = self.rows[""], self.rows["final_"]
+        for name in ("obs", "state", "avail"):
+            now[name][:] = final[name]
+        now["alive"][:] = self.alive
+        for i, a in enumerate(self.alive):
+            if not a:  # left this step: zero observation from now on (agent id kept)
+                now["obs"][i, :lay.obs_dims[i]] = 0.0
 
     def render(self):
         return self.env.render()
