@@ -251,7 +251,7 @@ def load_runs(run_dirs, x: str = "env_steps", y: str = "return_mean") -> list[di
         raise PlotInputError(f"x={x!r} is not valid; valid choices: {', '.join(X_COLUMNS)}")
     if not run_dirs:
         raise PlotInputError("plot needs at least one RUN_DIR")
-    loaded, seen, header_sets = [], set(), []
+    loaded, seen = [], set()
     for d in run_dirs:
         path = pathlib.Path(d)
         if not (path / CONFIG_FILE).is_file():
@@ -273,18 +273,27 @@ def load_runs(run_dirs, x: str = "env_steps", y: str = "return_mean") -> list[di
         rows = read_metrics(path)
         if not rows:
             raise PlotInputError(f"{str(d)!r}: metrics.csv has no rows yet")
-        header_sets.append(set().union(*(r.keys() for r in rows)))
         loaded.append({"dir": str(d), "algo": str(run["algo"]), "env_id": str(run["env_id"]),
                        "config": config, "rows": rows})
-    common = set.intersection(*header_sets)
-    for run, cols in zip(loaded, header_sets):
-        for name, col in (("x", x), ("y", y)):
+    missing = missing_column(loaded, {"x": x, "y": y})
+    if missing:
+        raise PlotInputError(missing)
+    return loaded
+
+
+def missing_column(loaded: list[dict], wanted: dict) -> str | None:
+    """The message for the first ``{setting: column}`` missing from some run's metrics.csv
+    (listing the columns every run has), or None when all are present."""
+    columns = [set().union(*(r.keys() for r in run["rows"])) for run in loaded]
+    common = set.intersection(*columns)
+    for run, cols in zip(loaded, columns):
+        for name, col in wanted.items():
             if col not in cols:
                 valid = ", ".join(c for c in loaded[0]["rows"][0] if c in common)
                 where = "" if len(loaded) == 1 else f" of {run['dir']!r}"
-                raise PlotInputError(f"{name}={col!r} is not a column of metrics.csv{where}; "
-                                     f"valid columns: {valid}")
-    return loaded
+                return (f"{name}={col!r} is not a column of metrics.csv{where}; "
+                        f"valid columns: {valid}")
+    return None
 
 
 def group_curves(loaded: list[dict], x: str, y: str, ci: float = 0.95,

@@ -57,7 +57,7 @@ def final_score(values):
 def load_report_runs(run_dirs, metric: str) -> list[dict]:
     """Read and check run folders (see :func:`teamrl.plots.load_runs`) and that ``metric`` is
     a column of every metrics.csv. Raises ReportInputError naming the bad path or value."""
-    from teamrl.plots import PlotInputError, load_runs
+    from teamrl.plots import PlotInputError, load_runs, missing_column
 
     if not run_dirs:
         raise ReportInputError("report needs at least one RUN_DIR")
@@ -70,14 +70,9 @@ def load_report_runs(run_dirs, metric: str) -> list[dict]:
         loaded = load_runs(run_dirs, "env_steps", "env_steps")
     except PlotInputError as err:
         raise ReportInputError(str(err)) from None
-    columns = [set().union(*(r.keys() for r in run["rows"])) for run in loaded]
-    common = set.intersection(*columns)
-    for run, cols in zip(loaded, columns):
-        if metric not in cols:
-            valid = ", ".join(c for c in loaded[0]["rows"][0] if c in common)
-            where = "" if len(loaded) == 1 else f" of {run['dir']!r}"
-            raise ReportInputError(f"metric={metric!r} is not a column of metrics.csv{where}; "
-                                   f"valid columns: {valid}")
+    missing = missing_column(loaded, {"metric": metric})
+    if missing:
+        raise ReportInputError(missing)
     return loaded
 
 
