@@ -32,6 +32,12 @@ class Runner:
     updates: jax.Array  # [] int32 updates done
 
 
+def all_finite(tree) -> jax.Array:
+    """[] bool: every floating-point leaf of ``tree`` is finite (the divergence check)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
 def resolve_agent_id(config: Config) -> bool:
     """``agent_id=auto``: on when actors are shared, or when every agent observes the same
     global state (MaMuJoCo ``obs=global``), where the id is the only thing telling them apart."""
@@ -123,8 +129,7 @@ class Trainer:
         rollout, batch, stats = collect(self.team_env, act, values, runner.rollout, rollout_key,
                                         self.config.run.rollout_length)
         ts, metrics = self.algo.update(ts, batch, update_key)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(ts)
-                                    if jnp.issubdtype(x.dtype, jnp.floating)]))
+        finite = all_finite(ts)
         metrics = {**metrics, "params_finite": finite, "episodes": stats.count,
                    "return_sum": stats.return_sum, "return_min": stats.return_min,
                    "return_max": stats.return_max,
@@ -225,8 +230,7 @@ class HostTrainer(Trainer):
         """One seed's update from its rollout arrays ([T, E, ...] each)."""
         reward = arrays[4]
         ts, metrics = self.algo.update(ts, self.host_batch(ts, arrays), update_key)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(ts)
-                                    if jnp.issubdtype(x.dtype, jnp.floating)]))
+        finite = all_finite(ts)
         return ts, {**metrics, "params_finite": finite, "reward_mean": reward.mean()}
 
     def _seed_major(self, arrays):
