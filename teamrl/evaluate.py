@@ -123,8 +123,9 @@ def _host_frames(trainer, train_state, episodes: int, deterministic: bool, key):
     if first is None:
         raise ConfigError(f"{env_id} returned no frame from render(); valid: envs whose "
                           "parallel_env accepts render_mode='rgb_array'")
-    policy = jax.jit(lambda obs, k: trainer.algo.policy_action(train_state, obs, k,
-                                                               deterministic))
+    policy = jax.jit(lambda obs, episode, t: trainer.algo.policy_action(
+        train_state, obs, jax.random.fold_in(jax.random.fold_in(key, episode), t),
+        deterministic))
     frames, returns = [np.asarray(first)], []
     try:
         for episode in range(episodes):
@@ -132,8 +133,7 @@ def _host_frames(trainer, train_state, episodes: int, deterministic: bool, key):
             for t in range(trainer.spec.max_steps or 100_000):
                 obs = TeamObs(*(getattr(buffers, n)[0] for n in ("obs", "state", "avail",
                                                                   "alive")))
-                k = jax.random.fold_in(jax.random.fold_in(key, episode), t)
-                buffers.action[0] = np.asarray(policy(obs, k))
+                buffers.action[0] = np.asarray(policy(obs, np.int32(episode), np.int32(t)))
                 adapter.step()
                 total += float(buffers.reward[0])
                 frames.append(np.asarray(env.render()))  # after a reset: the next start

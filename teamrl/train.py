@@ -289,9 +289,11 @@ class HostTrainer(Trainer):
                 self._eval_env.close()
             self._eval_env = self.team_env.vector(S * episodes)
         if self._evaluate is None:
+            # The step's key is folded in inside the compiled call (no per-step tracing).
             self._evaluate = jax.jit(jax.vmap(
-                lambda ts, obs, key, det: self.algo.policy_action(ts, obs, key, det),
-                in_axes=(0, 0, 0, None)), static_argnums=3)
+                lambda ts, obs, key, t, det: self.algo.policy_action(
+                    ts, obs, jax.random.fold_in(key, t), det),
+                in_axes=(0, 0, 0, None, None)), static_argnums=4)
         vec = self._eval_env
         vec.reset([2**30 + (self.config.run.seed + s) * 100_003 + e
                    for s in range(S) for e in range(episodes)])
@@ -301,8 +303,8 @@ class HostTrainer(Trainer):
         for t in range(limit):
             obs = vec.observation()
             obs = TeamObs(*(x.reshape((S, episodes) + x.shape[1:]) for x in obs))
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
-            action = np.asarray(self._evaluate(train_state, obs, step_keys, deterministic))
+            action = np.asarray(self._evaluate(train_state, obs, keys, np.int32(t),
+                                               deterministic))
             vec.step(action.reshape((S * episodes,) + action.shape[2:]))
             b = vec.buffers
             running += b.reward
