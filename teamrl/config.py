@@ -61,7 +61,7 @@ class RunConfig:
 
 @dataclass
 class NetworkConfig:
-    """Actor and critic multilayer perceptrons."""
+    """Actor and critic networks: multilayer perceptrons, optionally with a GRU."""
 
     hidden_sizes: list = option([64, 64], "hidden layer widths")
     activation: str = option("tanh", "hidden activation", choices=["tanh", "relu", "gelu", "silu"])
@@ -73,6 +73,12 @@ class NetworkConfig:
     log_std_init: float = option(-0.5, "initial log std of Gaussian policies")
     log_std_min: float = option(-5.0, "lower clip of the Gaussian log std")
     log_std_max: float = option(2.0, "upper clip of the Gaussian log std")
+    recurrent: bool = option(False, "GRU actors and critics: hidden_sizes -> GRU(gru_size) -> "
+                             "output, hidden states reset at episode starts")
+    gru_size: int = option(64, "GRU hidden state width (recurrent=true)", low=1)
+    chunk_length: int = option(16, "recurrent training sequence length: rollouts are cut into "
+                               "chunks that start from the stored hidden state; must divide "
+                               "rollout_length", low=1)
 
 
 SECTION_NAMES = ("run", "network", "algo", "env")

@@ -13,28 +13,42 @@ from teamrl.rollout import reset_envs
 
 
 def episode_returns(team_env, algo, train_state, key, episodes: int, deterministic: bool):
-    """Returns [episodes] of the first episode in each of ``episodes`` parallel envs.
+    """(returns [episodes], won [episodes]) of the first episode in each of ``episodes``
+    parallel envs; ``won`` is 1.0/0.0 (always 0 for envs without wins). NaN where an episode
+    did not finish.
 
     Runs exactly ``max_steps`` steps, which every episode's time limit guarantees to finish.
+    Recurrent policies carry their hidden states from step to step.
     """
-    carry = reset_envs(team_env, key, episodes)
+    recurrent = bool(getattr(algo, "recurrent", False))
+    memory = algo.init_memory(episodes) if recurrent else ()
+    carry = reset_envs(team_env, key, episodes, memory)
     env_step = jax.vmap(team_env.step)
 
     def step(state, step_key):
-        env_state, obs, running, final, finished = state
+        env_state, obs, memory, running, final, won, finished = state
         act_key, env_key = jax.random.split(step_key)
-        action = algo.policy_action(train_state, obs, act_key, deterministic)
+        if recurrent:
+            action, memory = algo.recurrent_policy_action(train_state, obs, act_key,
+                                                          deterministic, memory)
+        else:
+            action = algo.policy_action(train_state, obs, act_key, deterministic)
         env_state, out = env_step(jax.random.split(env_key, episodes), env_state, action)
         running = running + out.reward
-        done = (out.terminated | out.truncated) & ~finished
+        ended = out.terminated | out.truncated
+        done = ended & ~finished
         final = jnp.where(done, running, final)
-        return (env_state, out.next_obs, running, final, finished | done), None
+        won = jnp.where(done, out.won, won)
+        if recurrent:
+            memory = memory._replace(start=ended)
+        return (env_state, out.next_obs, memory, running, final, won, finished | done), None
 
-    init = (carry.env_state, carry.obs, jnp.zeros(episodes), jnp.zeros(episodes),
-            jnp.zeros(episodes, bool))
+    init = (carry.env_state, carry.obs, carry.memory, jnp.zeros(episodes), jnp.zeros(episodes),
+            jnp.zeros(episodes, bool), jnp.zeros(episodes, bool))
     keys = jax.random.split(key, team_env.spec.max_steps)
-    (_, _, _, final, finished), _ = jax.lax.scan(step, init, keys)
-    return jnp.where(finished, final, jnp.nan)
+    (_, _, _, _, final, won, finished), _ = jax.lax.scan(step, init, keys)
+    return (jnp.where(finished, final, jnp.nan),
+            jnp.where(finished, won.astype(jnp.float32), jnp.nan))
 
 
 def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint: str = "best",
@@ -54,8 +68,8 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
     try:
         runner, meta = runs.load_checkpoint(run_dir, checkpoint, trainer.init())
         keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(trainer.seed_keys())
-        returns = np.asarray(trainer.evaluation_returns(runner.train_state, keys, episodes,
-                                                        deterministic))
+        returns, won = (np.asarray(x) for x in trainer.evaluation_returns(
+            runner.train_state, keys, episodes, deterministic))
     finally:
         trainer.close()
     result = {"checkpoint": checkpoint, "env_steps": meta.get("env_steps"),
@@ -65,7 +79,11 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
         result["seeds"].append({"seed": config.run.seed + s, "return_mean": float(np.mean(r)),
                                 "return_std": float(np.std(r)), "return_min": float(np.min(r)),
                                 "return_max": float(np.max(r))})
+        if trainer.spec.has_wins:
+            result["seeds"][-1]["win_rate"] = float(np.nanmean(won[s]))
     result["return_mean"] = float(np.mean(returns))
+    if trainer.spec.has_wins:
+        result["win_rate"] = float(np.nanmean(won))
     name = f"eval_{checkpoint}_{'det' if deterministic else 'stoch'}.json"
     (run_dir / name).write_text(json.dumps(result, indent=2))
     result["file"] = str(run_dir / name)

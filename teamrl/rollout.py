@@ -24,6 +24,8 @@ class Batch(NamedTuple):
     reward:     [T, E] team reward.  terminated, truncated: [T, E] bool.
     next_obs:   TeamObs [T, E, ...] reached by the step before any reset (the env's final_obs),
                 for off-policy learners that store transitions; None where not collected.
+    memory:     recurrent policies: the Memory [T, E, ...] carried into each step (hidden
+                states before any reset, and the episode-start flags); None otherwise.
     """
 
     obs: TeamObs
@@ -35,6 +37,21 @@ class Batch(NamedTuple):
     terminated: jax.Array
     truncated: jax.Array
     next_obs: TeamObs | None = None
+    memory: "Memory | None" = None
+
+
+class Memory(NamedTuple):
+    """What a recurrent policy carries from one step of E envs to the next.
+
+    actor:  [E, N, H] actor hidden states.
+    critic: [E, N, H] critic hidden states (per-agent critic inputs) or [E, H] (world state).
+    start:  [E] bool, the observation about to be acted on starts an episode (the networks
+            zero their hidden state before it).
+    """
+
+    actor: jax.Array
+    critic: jax.Array
+    start: jax.Array
 
 
 class EpisodeStats(NamedTuple):
@@ -44,12 +61,14 @@ class EpisodeStats(NamedTuple):
     return_min: jax.Array
     return_max: jax.Array
     count: jax.Array
+    win_count: jax.Array = 0  # finished episodes that were won (envs with ``has_wins``)
 
 
 class RolloutCarry(NamedTuple):
     env_state: object     # AdapterState batched over [E]
     obs: TeamObs          # [E, ...]
     episode_return: jax.Array  # [E] return accumulated in the running episodes
+    memory: Memory | tuple = ()  # recurrent policies' Memory [E, ...]; () for feed-forward
 
 
 def collect(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry, key: jax.Array,
@@ -81,10 +100,10 @@ def collect(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry, ke
         transition = (Batch(carry.obs, action, log_prob, value, None, out.reward,
                             out.terminated, out.truncated), out.final_obs)
         new_carry = RolloutCarry(env_state, out.next_obs, jnp.where(done, 0.0, episode_return))
-        return new_carry, (transition, finished)
+        return new_carry, (transition, finished, out.won)
 
-    carry, ((batch, final_obs), finished) = jax.lax.scan(step, carry,
-                                                         jax.random.split(key, length))
+    carry, ((batch, final_obs), finished, won) = jax.lax.scan(step, carry,
+                                                              jax.random.split(key, length))
     if batch.value is None:
         # One critic call over [obs; final_obs] stacked on the time axis: [2T, E, ...].
         both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), batch.obs, final_obs)
@@ -94,19 +113,58 @@ def collect(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry, ke
         batch = batch._replace(next_value=value_fn(final_obs))
     # final_obs is a scan output anyway; on-policy updates ignore it and XLA drops it.
     batch = batch._replace(next_obs=final_obs)
+    return carry, batch, episode_stats(finished, won)
+
+
+def collect_recurrent(team_env, act: Callable, value_fn: Callable, carry: RolloutCarry,
+                      key: jax.Array, length: int) -> tuple[RolloutCarry, Batch, EpisodeStats]:
+    """``collect`` for recurrent policies: the Memory in ``carry`` is threaded through the
+    steps and stored in the batch.
+
+    Args:
+        act: (obs [E,...], key, memory) -> (action, log_prob [E, N], value [E, N], memory
+            after the step's networks ran (its ``start`` is ignored)).
+        value_fn: (obs [E,...], memory after the step) -> [E, N] critic at the observation
+            the step reached, continuing the critic's hidden state (for bootstrapping).
+    """
+    num_envs = carry.episode_return.shape[0]
+    env_step = jax.vmap(team_env.step)
+
+    def step(carry: RolloutCarry, step_key):
+        act_key, env_key = jax.random.split(step_key)
+        action, log_prob, value, after = act(carry.obs, act_key, carry.memory)
+        env_state, out = env_step(jax.random.split(env_key, num_envs), carry.env_state, action)
+        next_value = value_fn(out.final_obs, after)
+        episode_return = carry.episode_return + out.reward
+        done = out.terminated | out.truncated
+        finished = jnp.where(done, episode_return, jnp.nan)
+        transition = Batch(carry.obs, action, log_prob, value, next_value, out.reward,
+                           out.terminated, out.truncated, out.final_obs, carry.memory)
+        new_carry = RolloutCarry(env_state, out.next_obs, jnp.where(done, 0.0, episode_return),
+                                 after._replace(start=done))
+        return new_carry, (transition, finished, out.won)
+
+    carry, (batch, finished, won) = jax.lax.scan(step, carry, jax.random.split(key, length))
+    return carry, batch, episode_stats(finished, won)
+
+
+def episode_stats(finished: jax.Array, won: jax.Array) -> EpisodeStats:
+    """Statistics of finished episodes: returns [T, E] (NaN where none finished) and the
+    [T, E] flags of episodes won at that step."""
     done_mask = ~jnp.isnan(finished)
-    stats = EpisodeStats(
+    return EpisodeStats(
         return_sum=jnp.where(done_mask, finished, 0.0).sum(),
         return_min=jnp.where(done_mask, finished, jnp.inf).min(),
         return_max=jnp.where(done_mask, finished, -jnp.inf).max(),
         count=done_mask.sum(),
+        win_count=(won & done_mask).sum(),
     )
-    return carry, batch, stats
 
 
-def reset_envs(team_env, key: jax.Array, num_envs: int) -> RolloutCarry:
+def reset_envs(team_env, key: jax.Array, num_envs: int, memory=()) -> RolloutCarry:
+    """Fresh episodes in ``num_envs`` envs; ``memory``: a recurrent policy's initial Memory."""
     env_state, obs = jax.vmap(team_env.reset)(jax.random.split(key, num_envs))
-    return RolloutCarry(env_state, obs, jnp.zeros((num_envs,), jnp.float32))
+    return RolloutCarry(env_state, obs, jnp.zeros((num_envs,), jnp.float32), memory)
 
 
 # ============================================================================ host envs

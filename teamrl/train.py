@@ -19,7 +19,8 @@ from teamrl.algos import ALGORITHMS
 from teamrl.config import Config, ConfigError, validate_section
 from teamrl.envs.registry import make_env
 from teamrl.envs.spec import TeamObs
-from teamrl.rollout import Batch, HostCollector, RolloutCarry, collect, reset_envs
+from teamrl.rollout import (Batch, HostCollector, RolloutCarry, collect, collect_recurrent,
+                            reset_envs)
 
 
 @flax.struct.dataclass
@@ -57,6 +58,8 @@ def build(config: Config):
         raise ConfigError(f"unknown algorithm {run.algo!r}; valid algorithms: "
                           + ", ".join(sorted(ALGORITHMS)))
     algo_cls = ALGORITHMS[run.algo]
+    if config.network.recurrent:
+        check_recurrent(config, algo_cls)
     team_env = make_env(run.env_id, config.env, agent_id=resolve_agent_id(config),
                         team_reward=run.team_reward)
     algo_cls.check(team_env.spec, config.algo, run)
@@ -66,6 +69,31 @@ def build(config: Config):
 
         algo = ObsNormalised(algo, team_env.spec)
     return team_env, algo
+
+
+def check_recurrent(config: Config, algo_cls) -> None:
+    """Reject ``recurrent=true`` where it cannot work, before anything is built."""
+    from teamrl.envs.registry import get_entry
+
+    run, net = config.run, config.network
+    if not getattr(algo_cls, "supports_recurrent", False):
+        valid = sorted(n for n, c in ALGORITHMS.items() if getattr(c, "supports_recurrent", False))
+        raise ConfigError(f"recurrent=true is not available for {run.algo!r}; valid: "
+                          + ", ".join(valid))
+    if get_entry(run.env_id).host:
+        raise ConfigError(f"recurrent=true needs a compiled env; {run.env_id!r} is stepped on "
+                          "the host (valid: mpe/*, smax/*, didactic/*, gymnax/*)")
+    if run.rollout_length % net.chunk_length:
+        raise ConfigError(f"chunk_length={net.chunk_length} must divide rollout_length="
+                          f"{run.rollout_length} (recurrent=true)")
+    sequences = run.num_envs * run.rollout_length // net.chunk_length
+    minibatches = getattr(config.algo, "minibatches", 1)
+    if sequences % minibatches:
+        raise ConfigError(f"minibatches={minibatches} must divide the number of recurrent "
+                          f"sequences num_envs*rollout_length/chunk_length={sequences}")
+    if getattr(config.algo, "fisher_subsample", 1) > 1:
+        raise ConfigError("fisher_subsample must be 1 with recurrent=true (subsampling would "
+                          "cut the sequences)")
 
 
 def steps_per_update(run) -> int:
@@ -111,29 +139,42 @@ class Trainer:
     def _init_one(self, key) -> Runner:
         init_key, env_key, key = jax.random.split(key, 3)
         train_state = self.algo.init(init_key)
-        rollout = reset_envs(self.team_env, env_key, self.config.run.num_envs)
+        num_envs = self.config.run.num_envs
+        memory = self.algo.init_memory(num_envs) if self.algo_recurrent else ()
+        rollout = reset_envs(self.team_env, env_key, num_envs, memory)
         return Runner(train_state, rollout, key, jnp.int32(0))
+
+    @property
+    def algo_recurrent(self) -> bool:
+        return bool(getattr(self.algo, "recurrent", False))
 
     # ----------------------------------------------------------------------- update
     def _update(self, runner: Runner, _):
         key, rollout_key, update_key = jax.random.split(runner.key, 3)
         ts = runner.train_state
 
-        def act(obs, key):
-            # Values are left to ``collect``, which evaluates the critic once, batched over
-            # the whole rollout, after the scan (XLA drops the unused in-loop critic call).
-            action, log_prob, _ = self.algo.act(ts, obs, key)
-            return action, log_prob, None
+        length = self.config.run.rollout_length
+        if self.algo_recurrent:
+            rollout, batch, stats = collect_recurrent(
+                self.team_env, partial(self.algo.recurrent_act, ts),
+                partial(self.algo.recurrent_value, ts), runner.rollout, rollout_key, length)
+        else:
+            def act(obs, key):
+                # Values are left to ``collect``, which evaluates the critic once, batched
+                # over the whole rollout, after the scan (XLA drops the in-loop critic call).
+                action, log_prob, _ = self.algo.act(ts, obs, key)
+                return action, log_prob, None
 
-        values = partial(self.algo.values, ts)
-        rollout, batch, stats = collect(self.team_env, act, values, runner.rollout, rollout_key,
-                                        self.config.run.rollout_length)
+            rollout, batch, stats = collect(self.team_env, act, partial(self.algo.values, ts),
+                                            runner.rollout, rollout_key, length)
         ts, metrics = self.algo.update(ts, batch, update_key)
         finite = all_finite(ts)
         metrics = {**metrics, "params_finite": finite, "episodes": stats.count,
                    "return_sum": stats.return_sum, "return_min": stats.return_min,
                    "return_max": stats.return_max,
                    "reward_mean": batch.reward.mean()}
+        if self.spec.has_wins:
+            metrics["win_sum"] = stats.win_count
         return Runner(ts, rollout, key, runner.updates + 1), metrics
 
     def _run_chunk(self, runner: Runner, num_updates: int):
@@ -149,7 +190,7 @@ class Trainer:
         return self._chunk(runner, num_updates)
 
     def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
-        """Returns [S, episodes] of the first episode of ``episodes`` envs per seed."""
+        """(returns, won) [S, episodes] of the first episode of ``episodes`` envs per seed."""
         from teamrl.evaluate import episode_returns
 
         return jax.jit(jax.vmap(lambda ts, key: episode_returns(
@@ -157,7 +198,8 @@ class Trainer:
 
     def evaluate(self, runner: Runner, episodes: int) -> dict:
         """Evaluation episodes of every seed's current policy, apart from training: ->
-        {"eval_return_det": [S], "eval_return_stoch": [S]} (means over ``episodes``).
+        {"eval_return_det": [S], "eval_return_stoch": [S]} (means over ``episodes``), plus
+        ``eval_win_rate_det`` / ``eval_win_rate_stoch`` for envs with wins.
 
         The keys are folded from each seed's key, never split off it, so evaluating does
         not change the training random stream (resumed runs stay bitwise identical).
@@ -168,12 +210,18 @@ class Trainer:
             def both(ts, key):
                 det_key, stoch_key = jax.random.split(jax.random.fold_in(key, 0x5EED))
                 run = partial(episode_returns, self.team_env, self.algo, ts, episodes=episodes)
-                return (jnp.nanmean(run(key=det_key, deterministic=True)),
-                        jnp.nanmean(run(key=stoch_key, deterministic=False)))
+                (det, det_won), (stoch, stoch_won) = (run(key=det_key, deterministic=True),
+                                                      run(key=stoch_key, deterministic=False))
+                return {"eval_return_det": jnp.nanmean(det),
+                        "eval_return_stoch": jnp.nanmean(stoch),
+                        "eval_win_rate_det": jnp.nanmean(det_won),
+                        "eval_win_rate_stoch": jnp.nanmean(stoch_won)}
 
             self._evaluate = jax.jit(jax.vmap(both))
-        det, stoch = self._evaluate(runner.train_state, runner.key)
-        return {"eval_return_det": det, "eval_return_stoch": stoch}
+        result = self._evaluate(runner.train_state, runner.key)
+        if not self.spec.has_wins:
+            result = {k: v for k, v in result.items() if "win" not in k}
+        return result
 
 
 class HostTrainer(Trainer):
@@ -279,8 +327,9 @@ class HostTrainer(Trainer):
         return runner, stacked
 
     def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
-        """Returns [S, episodes] of the first episode of ``episodes`` fresh host envs per seed
-        (fixed start seeds, apart from the training envs)."""
+        """(returns, won) [S, episodes] of the first episode of ``episodes`` fresh host envs
+        per seed (fixed start seeds, apart from the training envs; host envs have no wins,
+        so won is all 0)."""
         import numpy as np
 
         S = self.config.run.seeds
@@ -312,7 +361,8 @@ class HostTrainer(Trainer):
             final[done] = running[done]
             if not np.isnan(final).any():
                 break
-        return final.reshape(S, episodes)
+        return final.reshape(S, episodes), np.where(np.isnan(final), np.nan, 0.0).reshape(
+            S, episodes)
 
     def evaluate(self, runner: Runner, episodes: int) -> dict:
         import numpy as np
@@ -321,9 +371,9 @@ class HostTrainer(Trainer):
         det_keys, stoch_keys = (jax.vmap(lambda k: jax.random.split(k)[i])(keys)
                                 for i in (0, 1))
         return {"eval_return_det": np.nanmean(self.evaluation_returns(
-                    runner.train_state, det_keys, episodes, True), axis=1),
+                    runner.train_state, det_keys, episodes, True)[0], axis=1),
                 "eval_return_stoch": np.nanmean(self.evaluation_returns(
-                    runner.train_state, stoch_keys, episodes, False), axis=1)}
+                    runner.train_state, stoch_keys, episodes, False)[0], axis=1)}
 
     def close(self) -> None:
         if self._collector is not None:
@@ -341,7 +391,8 @@ class TrainingDiverged(TrainingStopped):
     """A loss or parameter became non-finite; the message names the update and quantity."""
 
 
-_NOT_LOSSES = {"params_finite", "episodes", "return_sum", "return_min", "return_max"}
+_NOT_LOSSES = {"params_finite", "episodes", "return_sum", "return_min", "return_max",
+               "win_sum"}
 
 
 def _first_nonfinite(metrics: dict, start_update: int, seeds: list[int]) -> str | None:
@@ -383,6 +434,8 @@ def chunk_rows(metrics: dict, config: Config, updates_done: int, wall_time: floa
                "return_min": float(np.min(metrics["return_min"][s])) if count else math.nan,
                "return_max": float(np.max(metrics["return_max"][s])) if count else math.nan,
                "episodes": int(count)}
+        if "win_sum" in metrics:
+            row["win_rate"] = float(np.sum(metrics["win_sum"][s]) / count) if count else math.nan
         for name, values in metrics.items():
             if name not in _NOT_LOSSES:
                 row[name] = float(np.mean(values[s]))
@@ -493,8 +546,11 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
                 evaluation = (jax.tree.map(np.asarray, trainer.evaluate(runner,
                                                                         run.eval_episodes))
                               if due else None)
+                names = ["eval_return_det", "eval_return_stoch"]
+                if trainer.spec.has_wins:
+                    names += ["eval_win_rate_det", "eval_win_rate_stoch"]
                 for s, row in enumerate(rows):
-                    for name in ("eval_return_det", "eval_return_stoch"):
+                    for name in names:
                         row[name] = float(evaluation[name][s]) if due else math.nan
             writer.write(rows)
             mean_return = float(np.nanmean([r["return_mean"] for r in rows])) \

@@ -8,7 +8,7 @@ import jax
 
 from teamrl.cli_config import base_config
 from teamrl.config import apply_overrides
-from teamrl.rollout import collect
+from teamrl.rollout import collect, collect_recurrent
 from teamrl.train import Trainer, make_trainer
 
 
@@ -34,6 +34,12 @@ def rollout_batch(trainer: Trainer, seed: int = 0, train_state=None):
     """(train state, Batch [T, E, ...]) of one rollout of the freshly initialised policy."""
     runner = trainer._init_one(jax.random.PRNGKey(seed))
     ts = runner.train_state if train_state is None else train_state
+    if trainer.algo_recurrent:
+        _, batch, _ = collect_recurrent(
+            trainer.team_env, partial(trainer.algo.recurrent_act, ts),
+            partial(trainer.algo.recurrent_value, ts), runner.rollout,
+            jax.random.PRNGKey(seed + 1), trainer.config.run.rollout_length)
+        return ts, batch
 
     def act(obs, key):
         action, log_prob, _ = trainer.algo.act(ts, obs, key)

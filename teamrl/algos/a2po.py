@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from teamrl.advantages import corrected_gae
 from teamrl.algos.common import (OnPolicyActorCritic, PPOConfig, critic_update,
-                                 flatten_time, normalise_advantages, random_permutation)
+                                 from_sequences, normalise_advantages, random_permutation,
+                                 recurrent_data, to_sequences)
 from teamrl.algos.sequential import actor_data, ppo_agent_step, sequential_actor_update
 from teamrl.config import option
 
@@ -87,7 +88,13 @@ class A2PO(OnPolicyActorCritic):
         cfg = self.cfg
         order_key, actor_key, critic_key = jax.random.split(key, 3)
         steps, envs = batch.reward.shape
-        flat = lambda tree: flatten_time(tree, steps * envs)
+        # [T, E, ...] <-> [B, ...]: time-major, or sequence-major chunks for recurrent nets.
+        if self.recurrent:
+            flat_arr = lambda x: to_sequences(x, self.net.chunk_length)
+            unflat = lambda x: from_sequences(x, steps, self.net.chunk_length)
+        else:
+            flat_arr = lambda x: x.reshape((steps * envs,) + x.shape[2:])
+            unflat = lambda x: x.reshape((steps, envs) + x.shape[1:])
         old_norm = ts.value_norm
         value_raw = old_norm.denormalise(batch.value)            # [T, E, N]
         next_value_raw = old_norm.denormalise(batch.next_value)  # [T, E, N]
@@ -96,12 +103,15 @@ class A2PO(OnPolicyActorCritic):
         alive = batch.obs.alive
         adv = normalise_advantages(adv_raw, alive) if cfg.adv_norm else adv_raw
         order = self.agent_order(order_key, adv_raw, value_raw, alive)
-        critic_data = flat({"obs": batch.obs, "value": batch.value, "target": target})
-        data = flat({**actor_data({"obs": batch.obs, "action": batch.action,
-                                   "log_prob": batch.log_prob, "adv": adv}),
-                     "value_raw": value_raw, "next_value_raw": next_value_raw})
+        full = {"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob,
+                "adv": adv, "value": batch.value, "target": target, "value_raw": value_raw,
+                "next_value_raw": next_value_raw}
+        full = (recurrent_data(self, batch, full) if self.recurrent
+                else jax.tree.map(flat_arr, full))
+        critic_data = {k: full[k] for k in ("obs", "value", "target", "critic_in") if k in full}
+        data = {**actor_data(full), "value_raw": full["value_raw"],
+                "next_value_raw": full["next_value_raw"]}
         ppo_step = ppo_agent_step(self.actor, self.actor_tx.tx, cfg, self.surrogate)
-        unflat = lambda x: x.reshape((steps, envs) + x.shape[1:])
 
         def corrected_advantage(value, next_value, factor, alive_k):
             """[B, K] advantage of this agent with the earlier agents' truncated weights."""
@@ -110,7 +120,7 @@ class A2PO(OnPolicyActorCritic):
                                              batch.terminated, batch.truncated, trace,
                                              cfg.gamma, cfg.gae_lambda)
             adv_k = normalise_advantages(adv_k, unflat(alive_k)) if cfg.adv_norm else adv_k
-            return adv_k.reshape(value.shape), returns_k.reshape(value.shape)
+            return flat_arr(adv_k), flat_arr(returns_k)
 
         def agent_step(params, opt, d, factor, position, key, ts):
             if cfg.correction and not cfg.share_actor:
@@ -118,8 +128,8 @@ class A2PO(OnPolicyActorCritic):
                 adv_k, returns_k = corrected_advantage(value, next_value, factor, d["alive"])
                 if cfg.critic_refit:
                     ts, value, next_value = self.refit_critic(
-                        ts, critic_data, returns_k, order[position], key, steps, envs,
-                        value, next_value, batch)
+                        ts, critic_data, returns_k, order[position], key, flat_arr, unflat,
+                        next_value, batch)
                     adv_k, _ = corrected_advantage(value, next_value, factor, d["alive"])
                 d = {**d, "adv": adv_k}
             params, opt, metrics, _ = ppo_step(params, opt, d, factor, position, key)
@@ -135,7 +145,7 @@ class A2PO(OnPolicyActorCritic):
             metrics = {**metrics, **critic_metrics}
         return ts, metrics
 
-    def refit_critic(self, ts, critic_data, returns_k, agent, key, steps, envs, value,
+    def refit_critic(self, ts, critic_data, returns_k, agent, key, flat_arr, unflat,
                      next_value, batch):
         """Two-stage A2PO: fit the (centralised) critic to this agent's corrected returns, then
         re-evaluate the agent's values with it. Within the rollout V(s_{t+1}) is the refitted
@@ -144,11 +154,9 @@ class A2PO(OnPolicyActorCritic):
         target = jnp.broadcast_to(ts.value_norm.normalise(returns_k),
                                   critic_data["value"].shape)
         ts, _ = critic_update(self, ts, {**critic_data, "target": target}, key)
-        obs = critic_data["obs"]
-        fresh = self.critic.values(ts.critic_params, obs.obs, obs.state)[:, agent][:, None]
+        fresh = self.critic_values(ts.critic_params, critic_data)[:, agent][:, None]
         fresh = ts.value_norm.denormalise(fresh)                        # [B, 1]
-        unflat = lambda x: x.reshape((steps, envs) + x.shape[1:])
         shifted = jnp.concatenate([unflat(fresh)[1:], unflat(next_value)[-1:]])
         continues = ~(batch.terminated | batch.truncated)[..., None]
-        next_fresh = jnp.where(continues, shifted, unflat(next_value)).reshape(fresh.shape)
+        next_fresh = flat_arr(jnp.where(continues, shifted, unflat(next_value)))
         return ts, fresh, next_fresh

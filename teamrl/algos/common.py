@@ -17,8 +17,8 @@ import optax
 from teamrl.advantages import RunningNorm, gae
 from teamrl.config import ConfigError, NetworkConfig, option
 from teamrl.envs.spec import TeamObs, TeamSpec
-from teamrl.nets import Actor, Critic
-from teamrl.rollout import Batch
+from teamrl.nets import Actor, Critic, RecurrentInput, sequence_length
+from teamrl.rollout import Batch, Memory
 
 
 @dataclass
@@ -42,6 +42,9 @@ class ActorCriticConfig:
     huber_delta: float = option(10.0, "Huber delta", low=0.0, low_open=True)
     adv_norm: bool = option(True, "normalise advantages over the batch")
     share_actor: bool = option(False, "one actor shared by all agents (with agent ids)")
+    critic_state: str = option("world", "input of a centralised critic: the env's world state, "
+                               "or MAPPO's agent-specific state (world state + the agent's "
+                               "observation + id, death-masked)", choices=["world", "agent"])
 
 
 @dataclass
@@ -157,9 +160,15 @@ def random_permutation(key, n: int) -> jax.Array:
 
 def shuffled_minibatches(key, data, minibatches: int):
     """Shuffle [B, ...] leaves once and split them into [minibatches, B // minibatches, ...]
-    (one gather per epoch; the minibatch scan then slices contiguously)."""
+    (one gather per epoch; the minibatch scan then slices contiguously). Recurrent data
+    (a RecurrentInput inside) is shuffled by whole sequences."""
     num_samples = jax.tree.leaves(data)[0].shape[0]
-    perm = random_permutation(key, num_samples)
+    seq_len = sequence_length(data)
+    if seq_len == 1:
+        perm = random_permutation(key, num_samples)
+    else:  # recurrent data: shuffle whole sequences of seq_len consecutive samples
+        perm = random_permutation(key, num_samples // seq_len)
+        perm = (perm[:, None] * seq_len + jnp.arange(seq_len)).reshape(-1)
     return jax.tree.map(
         lambda x: x[perm].reshape((minibatches, num_samples // minibatches) + x.shape[1:]), data)
 
@@ -183,11 +192,14 @@ class OnPolicyActorCritic:
     config_class = PPOConfig
     central_critic = True
     action_kinds = ("discrete", "continuous")
+    supports_recurrent = True
 
     def __init__(self, spec: TeamSpec, cfg: PPOConfig, net: NetworkConfig, total_updates: int):
         self.spec, self.cfg, self.net = spec, cfg, net
+        self.recurrent = net.recurrent
         self.actor = Actor(spec, net, shared=cfg.share_actor)
-        self.critic = Critic(spec, net, central=self.central_critic, shared=cfg.share_actor)
+        self.critic = Critic(spec, net, central=self.central_critic, shared=cfg.share_actor,
+                             agent_state=self.central_critic and cfg.critic_state == "agent")
         steps = total_updates * cfg.epochs * cfg.minibatches
         # Trust-region actors (no ``lr``) take natural-gradient steps without an optimiser.
         self.actor_tx = (AgentOptimizer(make_tx(cfg.lr, cfg, steps), stacked=not cfg.share_actor)
@@ -222,8 +234,49 @@ class OnPolicyActorCritic:
 
     # ----------------------------------------------------------------------- acting
     def values(self, ts: TrainState, obs: TeamObs) -> jax.Array:
-        """[..., N] critic outputs (normalised space)."""
-        return self.critic.values(ts.critic_params, obs.obs, obs.state)
+        """[..., N] critic outputs (normalised space) of a feed-forward critic."""
+        return self.critic.values(ts.critic_params, obs)
+
+    # ----------------------------------------------------------- recurrent acting
+    def init_memory(self, num_envs: int) -> Memory:
+        """Zero hidden states for ``num_envs`` envs whose next observation starts an episode."""
+        n, h = self.spec.n_agents, self.net.gru_size
+        critic_shape = (num_envs, n, h) if self.critic.per_agent_input else (num_envs, h)
+        return Memory(jnp.zeros((num_envs, n, h)), jnp.zeros(critic_shape),
+                      jnp.ones((num_envs,), bool))
+
+    @staticmethod
+    def step_input(x: jax.Array, hidden: jax.Array, start: jax.Array) -> RecurrentInput:
+        """One step of E envs: x [E, ..., F], hidden [E, ..., H], start [E] -> RecurrentInput."""
+        flags = start.astype(x.dtype).reshape(start.shape + (1,) * (x.ndim - 1))
+        return RecurrentInput(x, hidden, jnp.broadcast_to(flags, x.shape[:-1] + (1,)))
+
+    def recurrent_act(self, ts: TrainState, obs: TeamObs, key: jax.Array, memory: Memory):
+        """Sample actions with recurrent networks: -> (action, log_prob [E, N], value [E, N],
+        memory after this step)."""
+        dist, actor_h = self.actor.step(ts.actor_params,
+                                        self.step_input(obs.obs, memory.actor, memory.start),
+                                        obs.avail)
+        action = dist.sample(key)
+        value, critic_h = self.critic.apply(ts.critic_params, self.step_input(
+            self.critic.features(obs), memory.critic, memory.start))
+        return action, dist.log_prob(action), value, Memory(actor_h, critic_h, memory.start)
+
+    def recurrent_value(self, ts: TrainState, obs: TeamObs, memory: Memory) -> jax.Array:
+        """[E, N] values of the observations a step reached, continuing the critic's hidden
+        state (no reset: the bootstrap belongs to the episode that was running)."""
+        no_start = jnp.zeros_like(memory.start)
+        return self.critic.apply(ts.critic_params, self.step_input(
+            self.critic.features(obs), memory.critic, no_start))[0]
+
+    def recurrent_policy_action(self, ts: TrainState, obs: TeamObs, key: jax.Array,
+                                deterministic: bool, memory: Memory):
+        """-> (action, memory after this step) for evaluation."""
+        dist, actor_h = self.actor.step(ts.actor_params,
+                                        self.step_input(obs.obs, memory.actor, memory.start),
+                                        obs.avail)
+        action = dist.mode() if deterministic else dist.sample(key)
+        return action, memory._replace(actor=actor_h)
 
     def act(self, ts: TrainState, obs: TeamObs, key: jax.Array):
         """Sample actions for a batch of envs: -> (action, log_prob [E, N], value [E, N])."""
@@ -254,9 +307,16 @@ class OnPolicyActorCritic:
         return per_agent.mean() if shared else per_agent.sum()
 
     # ------------------------------------------------------------------- critic loss
+    def critic_values(self, critic_params, data: dict) -> jax.Array:
+        """[B, N] values of prepared data: its ``critic_in`` (recurrent critics, whose hidden
+        states it holds) or the features of its ``obs``."""
+        features = data["critic_in"] if "critic_in" in data else self.critic.features(data["obs"])
+        return self.critic.apply(critic_params, features)[0]
+
     def critic_loss(self, critic_params, mb: dict) -> jax.Array:
-        """The critic's loss on a minibatch dict with obs, value, target (agents reduced)."""
-        pred = self.critic.values(critic_params, mb["obs"].obs, mb["obs"].state)
+        """The critic's loss on a minibatch dict with obs, value, target (and critic_in for
+        recurrent critics), agents reduced."""
+        pred = self.critic_values(critic_params, mb)
         per_agent = masked_agent_mean(value_loss(pred, mb["value"], mb["target"], self.cfg),
                                       mb["obs"].alive)
         return self.agent_reduce(per_agent, shared=not self.critic_tx.stacked)
@@ -267,15 +327,58 @@ def prepare_batch(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch):
 
     Returns (train state with the updated value normaliser, data dict of [B = T·E, ...]
     leaves: obs (TeamObs), action, log_prob, value, adv (normalised if ``adv_norm``), target).
+    Recurrent algorithms get the samples sequence-major (see :func:`recurrent_data`).
     """
     adv, target, value_norm = algo.advantages_and_targets(ts, batch)
     ts = ts.replace(value_norm=value_norm)
     if algo.cfg.adv_norm:
         adv = normalise_advantages(adv, batch.obs.alive)
+    data = {"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob,
+            "value": batch.value, "adv": adv, "target": target}
+    if algo.recurrent:
+        return ts, recurrent_data(algo, batch, data)
     steps, envs = batch.reward.shape
-    data = flatten_time({"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob,
-                         "value": batch.value, "adv": adv, "target": target}, steps * envs)
-    return ts, data
+    return ts, flatten_time(data, steps * envs)
+
+
+def to_sequences(x: jax.Array, seq_len: int) -> jax.Array:
+    """[T, E, ...] -> [T·E, ...] sequence-major: chunk c of env e is the seq_len consecutive
+    samples starting at (c·E + e)·seq_len."""
+    steps, envs = x.shape[:2]
+    x = x.reshape((steps // seq_len, seq_len, envs) + x.shape[2:])
+    return jnp.swapaxes(x, 1, 2).reshape((steps * envs,) + x.shape[3:])
+
+
+def from_sequences(x: jax.Array, steps: int, seq_len: int) -> jax.Array:
+    """Inverse of :func:`to_sequences`: [T·E, ...] -> [T, E, ...]."""
+    envs = x.shape[0] // steps
+    x = x.reshape((steps // seq_len, envs, seq_len) + x.shape[1:])
+    return jnp.swapaxes(x, 1, 2).reshape((steps, envs) + x.shape[3:])
+
+
+def recurrent_data(algo: OnPolicyActorCritic, batch: Batch, data: dict) -> dict:
+    """Time-major [T, E, ...] data -> sequence-major [T·E, ...] chunks of ``chunk_length``
+    steps, with the actor's input (``data["obs"].obs``) and the critic's (``data["critic_in"]``)
+    as RecurrentInputs holding the hidden states stored at each chunk's first step."""
+    seq_len = algo.net.chunk_length
+    steps = batch.reward.shape[0]
+    memory = batch.memory
+
+    def chunk_start(h):  # [T, E, ...]: every step holds the hidden of its chunk's first step
+        first = h.reshape((steps // seq_len, seq_len) + h.shape[1:])[:, :1]
+        return jnp.broadcast_to(first, (steps // seq_len, seq_len) + h.shape[1:]).reshape(h.shape)
+
+    def recurrent_input(x, hidden):
+        flags = memory.start.astype(x.dtype).reshape(memory.start.shape + (1,) * (x.ndim - 2))
+        start = jnp.broadcast_to(flags, x.shape[:-1] + (1,))
+        return RecurrentInput(to_sequences(x, seq_len), to_sequences(chunk_start(hidden), seq_len),
+                              to_sequences(start, seq_len), seq_len)
+
+    obs = batch.obs
+    out = jax.tree.map(lambda x: to_sequences(x, seq_len), {k: v for k, v in data.items()})
+    out["obs"] = out["obs"]._replace(obs=recurrent_input(obs.obs, memory.actor))
+    out["critic_in"] = recurrent_input(algo.critic.features(obs), memory.critic)
+    return out
 
 
 def critic_update(algo: OnPolicyActorCritic, ts: TrainState, data: dict, key: jax.Array):
@@ -287,7 +390,7 @@ def critic_update(algo: OnPolicyActorCritic, ts: TrainState, data: dict, key: ja
         return ts.replace(critic_params=params, critic_opt=opt), {"value_loss": loss,
                                                                  "critic_grad_norm": norm}
 
-    critic_data = {k: data[k] for k in ("obs", "value", "target")}
+    critic_data = {k: data[k] for k in ("obs", "value", "target", "critic_in") if k in data}
     return run_epochs(step, ts, critic_data, key, algo.cfg.epochs, algo.cfg.minibatches)
 
 

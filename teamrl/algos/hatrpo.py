@@ -36,7 +36,7 @@ class HATRPO(OnPolicyActorCritic):
     def trust_region_agent_step(self, params, opt_state, d, factor, position, key, extra=None):
         """One agent's (or the shared actor's) trust-region step on its columns [B, K, ...]."""
         actor, alive = self.actor, d["alive"]
-        outputs = lambda p: actor.stack.module.apply(p, d["obs"])  # logits or (mean, log std)
+        outputs = lambda p: actor.module_outputs(p, d["obs"])  # logits or (mean, log std)
         old = jax.lax.stop_gradient(actor.wrap(outputs(params), d["avail"]))
         weighted_adv = factor * d["adv"]
 
@@ -52,7 +52,7 @@ class HATRPO(OnPolicyActorCritic):
         if self.cfg.fisher_subsample > 1:
             sub = jax.tree.map(lambda x: x[::self.cfg.fisher_subsample], d)
             old_sub = jax.tree.map(lambda x: x[::self.cfg.fisher_subsample], old)
-            fisher = (lambda p: actor.stack.module.apply(p, sub["obs"]),
+            fisher = (lambda p: actor.module_outputs(p, sub["obs"]),
                       lambda out: masked_mean(old_sub.kl(actor.wrap(out, sub["avail"])),
                                               sub["alive"]))
         params, stats = trust_region_step(outputs, objective, kl, params, self.cfg,

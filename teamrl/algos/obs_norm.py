@@ -65,6 +65,17 @@ class ObsNormalised:
     def policy_action(self, st: ObsNormState, obs: TeamObs, key, deterministic: bool):
         return self.algo.policy_action(st.inner, self.normalise(st, obs), key, deterministic)
 
+    def recurrent_act(self, st: ObsNormState, obs: TeamObs, key, memory):
+        return self.algo.recurrent_act(st.inner, self.normalise(st, obs), key, memory)
+
+    def recurrent_value(self, st: ObsNormState, obs: TeamObs, memory):
+        return self.algo.recurrent_value(st.inner, self.normalise(st, obs), memory)
+
+    def recurrent_policy_action(self, st: ObsNormState, obs: TeamObs, key, deterministic: bool,
+                                memory):
+        return self.algo.recurrent_policy_action(st.inner, self.normalise(st, obs), key,
+                                                 deterministic, memory)
+
     def update(self, st: ObsNormState, batch, key):
         normalised = {"obs": self.normalise(st, batch.obs)}
         if getattr(batch, "next_obs", None) is not None:

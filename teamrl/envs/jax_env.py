@@ -4,8 +4,10 @@ vmap over environments outside).
 The env protocol is JaxMARL's ``MultiAgentEnv``: ``reset(key) -> (obs_dict, state)``,
 ``step_env(key, state, actions_dict) -> (obs_dict, state, rewards, dones, infos)``, per-agent
 ``observation_space`` / ``action_space`` and an optional ``get_avail_actions(state)``. Envs may
-also provide ``world_state(state) -> [S]``; otherwise the global state is the concatenation of
-the agents' raw observations. We call ``step_env`` and reset ourselves so that the observation
+also provide ``world_state(state) -> [S]`` (otherwise the global state is the concatenation of
+the agents' raw observations), ``agents_alive(state) -> [N] bool`` (agents that died are
+masked out of every loss; default: all alive) and ``won(state) -> [] bool`` (whether a
+finished episode was won; win rates are then logged). We call ``step_env`` and reset ourselves so that the observation
 reached at a time limit is kept for bootstrapping (JaxMARL's ``step`` would discard it).
 """
 
@@ -89,6 +91,8 @@ class JaxTeamEnv:
         _, probe_state = jax.eval_shape(env.reset, key)
         self._has_world_state = _has_method(env, "world_state", probe_state)
         self._has_avail = kind == "discrete" and _has_method(env, "get_avail_actions", probe_state)
+        self._has_alive = _has_method(env, "agents_alive", probe_state)
+        has_wins = _has_method(env, "won", probe_state)
         if self._has_world_state:
             state_dim = int(np.prod(jax.eval_shape(env.world_state, probe_state).shape))
         else:
@@ -111,6 +115,7 @@ class JaxTeamEnv:
             action_high=high,
             max_steps=int(max_steps),
             agent_id=agent_id,
+            has_wins=has_wins,
         )
 
     # ----------------------------------------------------------------- observation packing
@@ -131,7 +136,8 @@ class JaxTeamEnv:
             rows_avail = [jnp.asarray(env_avail[a], bool).reshape(-1) for a in spec.agent_names]
             avail = avail & jnp.stack(
                 [jnp.pad(r, (0, spec.action_dim - r.shape[0])) for r in rows_avail])
-        alive = jnp.ones((spec.n_agents,), bool)
+        alive = (jnp.asarray(self.env.agents_alive(env_state), bool).reshape(spec.n_agents)
+                 if self._has_alive else jnp.ones((spec.n_agents,), bool))
         return TeamObs(obs=padded, state=state, avail=avail, alive=alive)
 
     def _env_actions(self, action: jax.Array) -> dict:
@@ -168,9 +174,12 @@ class JaxTeamEnv:
         else:
             terminated, truncated = env_done, at_limit & ~env_done
         final_obs = self._team_obs(obs, env_state)
+        won = (terminated | truncated) & (jnp.asarray(self.env.won(env_state), bool)
+                                          if self.spec.has_wins else False)
         reset_state, reset_obs = self.reset(key_reset)
         done = terminated | truncated
         next_state = jax.tree.map(lambda r, c: jnp.where(done, r, c), reset_state,
                                   AdapterState(env_state, episode_step))
         next_obs = jax.tree.map(lambda r, c: jnp.where(done, r, c), reset_obs, final_obs)
-        return next_state, TeamStep(next_obs, final_obs, reward, terminated, truncated)
+        return next_state, TeamStep(next_obs, final_obs, reward, terminated, truncated,
+                                    won)

@@ -69,6 +69,19 @@ class GymnaxOptions:
 
 
 @dataclass
+class SMAXOptions:
+    """Options of SMAX battles against jaxmarl's heuristic enemy."""
+
+    see_enemy_actions: bool = option(True, "observations include the enemies' last actions")
+    walls_cause_death: bool = option(True, "units that touch the map edge die")
+    attack_mode: str = option("closest", "the heuristic enemy's target choice",
+                              choices=["closest", "random"])
+    max_steps: int = option(100, "episode limit (truncation, bootstrapped)", low=1)
+    won_battle_bonus: float = option(1.0, "reward for winning on top of the damage reward",
+                                     low=0.0)
+
+
+@dataclass
 class HostOptions:
     """Options shared by environments stepped on the host (outside XLA)."""
 
@@ -174,6 +187,24 @@ def _gymnax_builder(name: str):
         return env, {"time_limit_is_truncation": False}
 
     return build
+
+
+def _smax_builder(map_name: str):
+    def build(opts: SMAXOptions):
+        from teamrl.envs.smax import make_smax
+
+        env = make_smax(map_name, opts.see_enemy_actions, opts.walls_cause_death,
+                        opts.attack_mode, opts.max_steps, opts.won_battle_bonus)
+        return env, {"time_limit_is_truncation": True}
+
+    return build
+
+
+def _smax_entries() -> dict[str, EnvEntry]:
+    from teamrl.envs.smax import smax_maps
+
+    return {f"smax/{m}": EnvEntry(f"smax/{m}", f"SMAX (compiled SMAC) {m} vs the heuristic "
+                                  "enemy", SMAXOptions, _smax_builder(m)) for m in smax_maps()}
 
 
 def _entries() -> dict[str, EnvEntry]:
@@ -292,7 +323,7 @@ def _host_entries() -> dict[str, EnvEntry]:
     return entries
 
 
-REGISTRY: dict[str, EnvEntry] = {**_entries(), **_host_entries()}
+REGISTRY: dict[str, EnvEntry] = {**_entries(), **_smax_entries(), **_host_entries()}
 
 
 def list_env_ids() -> list[str]:

@@ -30,6 +30,7 @@ class TeamSpec:
             (actions are clipped to them before the env sees them); empty for discrete.
         max_steps: episode time limit (reaching it is truncation, not termination).
         agent_id: whether a one-hot agent id is appended to each observation.
+        has_wins: the env reports whether an episode was won (SMAX); win rates are logged.
     """
 
     env_id: str
@@ -43,6 +44,7 @@ class TeamSpec:
     action_high: tuple[tuple[float, ...], ...] = ()
     max_steps: int = 1
     agent_id: bool = False
+    has_wins: bool = False
 
     @property
     def n_agents(self) -> int:
@@ -94,6 +96,8 @@ class TeamStep(NamedTuple):
     reward:     [] float32 team reward.
     terminated: [] bool, the episode ended by the game's own rules (no bootstrap).
     truncated:  [] bool, the episode was cut by the time limit (bootstrap from final_obs).
+    won:        [] bool, the episode ended with this step and was won (always False for envs
+                without ``has_wins``).
     """
 
     next_obs: TeamObs
@@ -101,3 +105,4 @@ class TeamStep(NamedTuple):
     reward: jax.Array
     terminated: jax.Array
     truncated: jax.Array
+    won: jax.Array
