@@ -20,7 +20,9 @@ as ``qlearning.train`` for the same key (checked on the matrix game), cut into -
 blocks after each of which the greedy joint policy is rolled out (the learning curves).
 
 Writes docs/results/decentralised_tabular.md (settings, per-seed and per-game numbers, this
-run's printed output) and docs/results/decentralised_tabular.png.
+run's printed output, its two docs/RESULTS.md rows: see experiments/make_results.py) and
+docs/results/decentralised_tabular.png, and saves the results to --json. ``--report-only``
+computes nothing: it rebuilds the page and figure from --json with the arguments saved there.
 
     python experiments/decentralised_tabular.py
 """
@@ -42,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment_runs import code_version
+from make_results import EXIT_NO_SAVED_RUNS, results_row
 
 ROOT = Path(__file__).resolve().parents[1]
 LEARNERS = {"IQL": "iql", "MA2QL": "ma2ql", "I2Q": "i2q"}
@@ -356,14 +359,16 @@ def figure(path: Path, matrix, tree, args):
 
 # ------------------------------------------------------------------------------ page
 def command_args(argv: list[str]) -> list[str]:
-    """The command-line arguments without --note (its text is on the page already)."""
+    """The command-line arguments without the texts (--note is on the page already,
+    --tree-row-note in docs/RESULTS.md) and without --report-only."""
+    texts = ("--note", "--tree-row-note")
     kept, skip = [], False
     for item in argv:
         if skip:
             skip = False
-        elif item == "--note":
+        elif item in texts:
             skip = True
-        elif not item.startswith("--note="):
+        elif not item.startswith(tuple(f"{t}=" for t in texts)) and item != "--report-only":
             kept.append(item)
     return kept
 
@@ -531,7 +536,87 @@ def write_markdown(path: Path, args, cfg, matrix, tree, output: str, wall_s: flo
         "```",
         "",
     ]
+    lines += results_rows(args, cfg, matrix, tree) + [""]
     path.write_text("\n".join(lines))
+
+
+def _minus(text: str) -> str:
+    return text.replace("-", "−")
+
+
+def results_rows(args, cfg, matrix, tree) -> list[str]:
+    """The two rows of docs/RESULTS.md (experiments/make_results.py): the overgeneralisation
+    game and the tree, worded from the results; ``--tree-row-note`` is appended to the tree's
+    (e.g. the numbers of a longer run given in --note)."""
+    m, t, n = matrix["results"], tree["results"], args.matrix_seeds
+    payoff = np.array(matrix["payoff"])
+    best = payoff.max()
+    optimum = tuple(int(i) for i in np.unravel_index(payoff.argmax(), payoff.shape))
+    half = args.matrix_checkpoints // 2
+    o = {label: over_training(matrix, label, half) for label in LEARNERS}
+    order = [label for label in ("I2Q", "IQL", "MA2QL") if label in LEARNERS]
+
+    def outcome(label):
+        ret, parts = np.array(m[label]["return"]), []
+        if o[label]["end"] == n:
+            since = [m[label]["since"][k] for k in range(n) if ret[k] == best]
+            parts.append(f"from {min(since):,}" + (f"–{max(since):,}" if max(since) > min(since)
+                                                   else "") + " episodes on")
+        elif o[label]["first"] != o[label]["end"]:
+            parts.append(f"{o[label]['first']}/{n} after {matrix['every']:,} episodes")
+        parts += [", ".join(f"{int((ret == v).sum())} × {v:g}"
+                            for v in sorted(set(ret[ret != best].tolist()), reverse=True))]
+        text = ", ".join(p for p in parts if p)
+        if o[label]["ever"] == 0:
+            text += f"; never at {optimum}"
+        return f"{label} {o[label]['end']}/{n} ({text})"
+
+    switching = [label for label in order if o[label]["end"] < n and o[label]["changed"] > n / 2]
+    matrix_ours = (f"greedy joint action {optimum} → {best:g} for "
+                   + "; ".join(outcome(label) for label in order))
+    if switching:
+        matrix_ours += (". " + " and ".join(f"{label}'s" for label in switching)
+                        + " greedy joint action keeps switching ("
+                        + " and ".join(f"{o[label]['changed']}/{n}" for label in switching)
+                        + " seeds changed it in the last half of training)")
+    game = "[" + ",".join("[" + ",".join(_minus(f"{v:g}") for v in row) + "]"
+                          for row in payoff) + "]"
+
+    games, paired = len(tree["games"]), tree["paired"]
+
+    def ratio(label):
+        e = t[label]
+        return (f"{label} {np.mean(e['ratio']):.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}] "
+                f"(optimal in {e['at_optimum']}/{np.size(e['ratio']) * args.tree_seeds})")
+
+    def difference(name):
+        p = paired[name]
+        return _minus(f"{name} {p['mean']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]")
+
+    ma2ql = paired["MA2QL - IQL"]["ci"]
+    verdict = ("MA2QL beats IQL" if ma2ql[0] > 0 else "MA2QL does not beat IQL"
+               if ma2ql[1] > 0 else "MA2QL is worse than IQL")
+    tree_ours = ("greedy return / optimum, mean [95 % bootstrap CI] over games: "
+                 + ", ".join(ratio(label) for label in order)
+                 + f"; {difference('I2Q - IQL')}, {difference('MA2QL - IQL')} ({verdict})"
+                 + (f". {args.tree_row_note}" if args.tree_row_note else ""))
+    env_steps = args.tree_episodes * args.stages
+    return [
+        results_row(
+            claim=f"Relative overgeneralisation {game}: independent Q-learners settle on a "
+                  f"6-equilibrium, I2Q reaches the optimum {best:g} (I2Q, Jiang & Lu 2022)",
+            ours=matrix_ours,
+            budget=f"tabular, α {cfg.alpha:g}, fixed ε {cfg.epsilon:g}, "
+                   f"{args.matrix_episodes:,} episodes",
+            seeds=str(n)),
+        results_row(
+            claim=f"9-ary tree game, {args.stages} stages, {games} random games: I2Q's greedy "
+                  "return approaches the optimum, above IQL; MA2QL (turn-taking) vs IQL (I2Q "
+                  "and MA2QL papers)",
+            ours=tree_ours,
+            budget=f"tabular, {args.tree_episodes:,} episodes = {env_steps:,} env steps per "
+                   "game" + (" (the I2Q code's budget)" if env_steps == 100_000 else ""),
+            seeds=f"{args.tree_seeds} per game, {games} games")]
 
 
 def over_training(matrix, label: str, half: int) -> dict:
@@ -692,10 +777,17 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--json", default="/tmp/teamrl_experiments/decentralised_tabular.json")
     parser.add_argument("--note", default="", help="a paragraph added to the page")
+    parser.add_argument("--tree-row-note", default="",
+                        help="a sentence appended to the tree's row of docs/RESULTS.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="compute nothing: rebuild the page and figure from --json")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    args.argv = [a for a in (sys.argv[1:] if argv is None else argv)]
+    args.argv = argv
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return report_only(parser, args)
 
     # The code version is taken when teamrl is imported; import before redirecting stdout
     # (importing jaxmarl resets sys.stdout).
@@ -727,9 +819,39 @@ def main(argv=None):
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(
         {"code": CODE_AT_IMPORT, "config": dataclasses.asdict(cfg), "args": args.argv,
-         "matrix": matrix, "tree": tree}, default=str))
+         "matrix": matrix, "tree": tree, "output": log.getvalue(), "wall_s": wall_s},
+        default=str))
     write_markdown(out / "decentralised_tabular.md", args, cfg, matrix, tree, log.getvalue(),
                    wall_s)
+
+
+def report_only(parser, args):
+    """The page and figure from the results saved in --json, with the arguments of the run
+    that saved them (arguments given now win); exit EXIT_NO_SAVED_RUNS if there are none."""
+    global CODE_AT_IMPORT
+    path = Path(args.json)
+    if not path.is_file():
+        print(f"--report-only: no saved results {path}; run the script without --report-only",
+              file=sys.stderr)
+        raise SystemExit(EXIT_NO_SAVED_RUNS)
+    saved = json.loads(path.read_text())
+    if "output" not in saved:  # saved before --report-only existed: the page would lose it
+        print(f"--report-only: {path} lacks the run's output; run the script again",
+              file=sys.stderr)
+        raise SystemExit(EXIT_NO_SAVED_RUNS)
+    given = [a for a in args.argv if a != "--report-only"]
+    args = parser.parse_args(saved["args"] + given)
+    args.argv = saved["args"] + given
+    CODE_AT_IMPORT = saved["code"]
+    from teamrl.algos.tabular.qlearning import TabularConfig
+
+    cfg = TabularConfig(**saved["config"])
+    out = Path(args.out)
+    for entry in saved["matrix"]["results"].values():  # JSON made the joint actions lists
+        entry["joint"] = [tuple(j) for j in entry["joint"]]
+    figure(out / "decentralised_tabular.png", saved["matrix"], saved["tree"], args)
+    write_markdown(out / "decentralised_tabular.md", args, cfg, saved["matrix"], saved["tree"],
+                   saved["output"], saved["wall_s"])
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ A2PO's from its code), then evaluate the final (``latest``) checkpoint determini
 The published numbers (HARL and the HATRPO paper, REFERENCE.md §5) are at 10M steps; this
 script's budget is written beside every number.
 
-Writes docs/results/mamujoco.md and docs/results/mamujoco.png (learning curves with 95 %
+Writes docs/results/mamujoco.md (with its docs/RESULTS.md rows, one per task: see
+experiments/make_results.py) and docs/results/mamujoco.png (learning curves with 95 %
 bootstrap bands over seeds, `teamrl plot`'s code). Run folders go under --runs (default
 /tmp/teamrl_experiments/mamujoco); a finished run with the same settings is not trained
 again, so an interrupted invocation can be re-run, and runs can be spread over sessions.
+``--report-only`` trains nothing: it rebuilds the page from the saved runs (alone, with the
+arguments of the invocation that saved them).
 
     python experiments/mamujoco.py --steps 1000000 --seeds 3
     python experiments/mamujoco.py --algos happo --tasks HalfCheetah-2x3 --steps 200000
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment_runs import code_version, train_or_skip
+from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["happo", "hatrpo", "mappo", "a2po"]
@@ -64,7 +68,10 @@ def main(argv=None):
                         help="deterministic evaluation episodes per seed (1000 steps each)")
     parser.add_argument("--runs", default="/tmp/teamrl_experiments/mamujoco")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rebuild the page from the saved runs")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     code = code_version()
@@ -79,6 +86,8 @@ def main(argv=None):
             settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
             run_dir = Path(args.runs) / f"{task.replace('|', '_')}_{algo}_steps{args.steps}" \
                                         f"_seeds{args.seeds}"
+            if args.report_only:
+                require_saved_run(run_dir, algo, env_id, settings)
             try:
                 info = train_or_skip(run_dir, algo, env_id, settings, code)
                 det = evaluate_run(run_dir, args.episodes, True, checkpoint="latest")
@@ -101,7 +110,32 @@ def main(argv=None):
         plot_runs(run_dirs, out / "mamujoco.png")
     (Path(args.runs) / "results.json").write_text(json.dumps(
         {f"{t} {a}": r for (t, a), r in results.items()}, indent=2))
+    if not args.report_only:
+        save_argv(Path(args.runs) / "argv.json", argv)
     write_markdown(out / "mamujoco.md", args, results, code, time.time() - start)
+
+
+def results_rows(args, results) -> list[str]:
+    """Rows of docs/RESULTS.md (experiments/make_results.py), one per task: each algorithm's
+    final training return beside the published numbers at 10M steps."""
+    rows = []
+    for task in args.tasks:
+        done = [a for a in args.algos if "final_train" in results.get((task, a), {})]
+        if not done:
+            continue
+        ours = ", ".join(f"{NAMES[a]} {np.mean(results[(task, a)]['final_train']):.0f}"
+                         for a in done)
+        failed = [NAMES[a] for a in args.algos if a not in done]
+        published = "; ".join(f"{NAMES[a]} {PUBLISHED[(task, a)]}" for a in args.algos
+                              if (task, a) in PUBLISHED)
+        rows.append(results_row(
+            claim=f"Multi-Agent MuJoCo {task} (obs=global): " + ", ".join(
+                NAMES[a] for a in args.algos) + " at the shipped (HARL-tuned) presets",
+            ours=ours + (f" (failed: {', '.join(failed)})" if failed else "")
+            + "; final training return (last 10 % of log rows), mean over seeds",
+            published=(published + " — all at 10M steps") if published else "–",
+            budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds)))
+    return rows
 
 
 def write_markdown(path: Path, args, results, code: str, wall: float):
@@ -132,6 +166,7 @@ def write_markdown(path: Path, args, results, code: str, wall: float):
               "returns per seed. Deterministic eval: "
               f"{args.episodes} episodes per seed of the final policy's mean action.", "",
               "![curves](mamujoco.png)", ""]
+    lines += results_rows(args, results) + [""]
     path.write_text("\n".join(lines))
 
 

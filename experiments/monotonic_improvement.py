@@ -7,7 +7,9 @@ agent) from the same start, and count the games in which J ever decreases. Every
 (known model, linear solves, no sampling) and deterministic given --seed.
 
 Writes docs/results/monotonic_improvement.md (setup, counts, δ sweep, the paper's penalised form,
-this run's printed output) and docs/results/monotonic_improvement.png.
+this run's printed output, its docs/RESULTS.md row: see experiments/make_results.py) and
+docs/results/monotonic_improvement.png. Nothing is saved besides: the computation is the
+report (no --report-only).
 
     python experiments/monotonic_improvement.py --games 100 --iterations 20 --seed 0
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from make_results import results_row
 from teamrl.algos.tabular import optimal_values, random_game, random_policies, trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +184,29 @@ def main(argv=None):
     write_markdown(out / "monotonic_improvement.md", args, sweep, penalty, stats, log.getvalue())
 
 
+def results_rows(args, decreases: dict) -> list[str]:
+    """This experiment's row of docs/RESULTS.md (experiments/make_results.py), from
+    ``decreases`` = {δ: (games where HATRPO's J decreased, games where the simultaneous J
+    did)}."""
+    games = args.games
+    hatrpo, simultaneous = decreases[args.delta]
+    others = [d for d in decreases if d != args.delta]
+    text = (f"δ = {args.delta:g}: HATRPO decreases J in {hatrpo}/{games} games, simultaneous "
+            f"updates in {simultaneous}/{games}")
+    if others:
+        counts = [decreases[d][0] for d in others]
+        hat = (f"{counts[0]}/{games}" if len(set(counts)) == 1
+               else ", ".join(map(str, counts)) + f"/{games}")
+        text += (f" ({hat} vs {', '.join(str(decreases[d][1]) for d in others)} for δ = "
+                 + ", ".join(f"{d:g}" for d in others) + ")")
+    return [results_row(
+        claim="Sequential (HATRPO) trust-region updates never decrease J; simultaneous ones of "
+              "the same size can (Kuba et al. 2022, Thm. 2)",
+        ours=text, published="never decreases (a theorem)",
+        budget=f"{args.iterations} exact iterations per game (known model, no sampling)",
+        seeds=f"{games} random Markov games")]
+
+
 def write_markdown(path: Path, args, sweep, penalty, stats, output: str):
     games, K = args.games, args.iterations
     head = {m: summarise(J) for m, J in sweep[args.delta].items()}
@@ -292,6 +318,9 @@ def write_markdown(path: Path, args, sweep, penalty, stats, output: str):
         "```",
         "",
     ]
+    decreases = {d: (summarise(c["hatrpo"])[0], summarise(c["simultaneous"])[0])
+                 for d, c in sweep.items()}
+    lines += results_rows(args, decreases) + [""]
     path.write_text("\n".join(lines))
 
 

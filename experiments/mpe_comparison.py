@@ -5,10 +5,13 @@ For each env in --envs and algorithm in --algos, train --seeds seeds vectorised 
 then evaluate the final (``latest``) checkpoint deterministically. Records the wall time of
 every run (all seeds, compilation included) and its steady-state env-steps/s.
 
-Writes docs/results/mpe_comparison.md and docs/results/mpe_comparison.png (learning curves,
-one panel per env). Run folders go under --runs (default /tmp/teamrl_experiments/mpe); a run
-whose folder already finished with the same settings is not trained again, so an interrupted
-script can simply be re-run. A run that fails is reported and the others go on.
+Writes docs/results/mpe_comparison.md (with its docs/RESULTS.md row, see
+experiments/make_results.py) and docs/results/mpe_comparison.png (learning curves, one panel
+per env). Run folders go under --runs (default /tmp/teamrl_experiments/mpe); a run whose
+folder already finished with the same settings is not trained again, so an interrupted script
+can simply be re-run. A run that fails is reported and the others go on. ``--report-only``
+trains nothing: it rebuilds the page from the saved runs (alone, with the arguments and
+--note of the invocation that saved them).
 
     python experiments/mpe_comparison.py --steps 1000000 --seeds 3
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment_runs import code_version, train_or_skip
+from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["mappo", "ippo", "coppo", "happo", "hatrpo", "a2po"]
@@ -104,7 +108,10 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--note", default="",
                         help="a paragraph added to the page (e.g. how the runs were made)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rebuild the page from the saved runs")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -134,12 +141,14 @@ def main(argv=None):
                 settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
                 tag = f"{env.split('/')[1]}_{algo}_steps{args.steps}_seeds{args.seeds}"
                 run_dir = Path(args.runs) / tag
+                if args.report_only:
+                    require_saved_run(run_dir, algo, env, settings)
                 try:
                     info = train_or_skip(run_dir, algo, env, settings, CODE_AT_IMPORT)
                     try:
                         det = evaluate(run_dir, args.episodes)
                     except ValueError as err:  # a finished run from older code: train again
-                        if not info["skipped"]:
+                        if not info["skipped"] or args.report_only:
                             raise
                         print(f"{env} {NAMES[algo]}: earlier run folder not loadable ({err}); "
                               "retraining")
@@ -177,6 +186,8 @@ def main(argv=None):
     dump = {f"{env} {algo}": {k: v for k, v in r.items() if k != "curve"}
             for (env, algo), r in results.items()}
     (Path(args.runs) / "results.json").write_text(json.dumps(dump, indent=2))
+    if not args.report_only:
+        save_argv(Path(args.runs) / "argv.json", argv)
     write_markdown(out / "mpe_comparison.md", args, results, log.getvalue())
 
 
@@ -259,6 +270,51 @@ def notes(args, results) -> list[str]:
         "was tuned here, so these numbers say how each behaves at these shared settings, not "
         "how well it can do.")
     return out
+
+
+# HARL's MAPPO and HAPPO at 10M steps on PettingZoo's discrete simple_spread, summed over the 3
+# agents (REFERENCE.md §5); divided by 3 they are in this page's convention.
+PUBLISHED = {"mpe/simple_spread": "HARL on PettingZoo's simple_spread at 10M steps, sum over "
+                                  "the 3 agents: MAPPO ≈ −58, HAPPO ≈ −62 (≈ −19.3, −20.7 as "
+                                  "a mean over agents)"}
+
+
+def _minus(value: float) -> str:
+    return f"{value:.1f}".replace("-", "−")
+
+
+def results_rows(args, results) -> list[str]:
+    """This experiment's row of docs/RESULTS.md (experiments/make_results.py): per env the
+    algorithms by mean final training return, and which of them finished below every seed
+    of the best (the rest are within seed noise). Needs only ``final_train``."""
+    parts, published = [], []
+    for env in args.envs:
+        done = {a: results[(env, a)] for a in args.algos
+                if "final_train" in results.get((env, a), {})}
+        if not done:
+            continue
+        order = sorted(done, key=lambda a: -np.mean(done[a]["final_train"]))
+        best = order[0]
+        below = [a for a in order[1:]
+                 if np.max(done[a]["final_train"]) < np.min(done[best]["final_train"])]
+        separation = ("within seed noise" if not below else
+                      " and ".join(NAMES[a] for a in below) + f" finished below every seed of "
+                      f"{NAMES[best]}, the rest within seed noise")
+        failed = [NAMES[a] for a in args.algos if a not in done]
+        parts.append(f"{env.split('/')[1]}: "
+                     + ", ".join(f"{NAMES[a]} {_minus(np.mean(done[a]['final_train']))}"
+                                 for a in order)
+                     + f" ({separation}" + (f"; failed: {', '.join(failed)}" if failed else "")
+                     + ")")
+        if env in PUBLISHED:
+            published.append(PUBLISHED[env])
+    return [results_row(
+        claim="MPE: " + ", ".join(NAMES[a] for a in args.algos) + " at an equal budget, the "
+              "shipped presets untuned",
+        ours="; ".join(parts) + "; final training return, mean over seeds of the agents' mean "
+             "reward summed over a 25-step episode",
+        published="; ".join(published) or "–",
+        budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds))]
 
 
 def _load(r) -> str:
@@ -360,6 +416,7 @@ def write_markdown(path: Path, args, results, output: str):
         "```",
         "",
     ]
+    lines += results_rows(args, results) + [""]
     path.write_text("\n".join(lines))
 
 

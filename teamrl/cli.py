@@ -32,6 +32,13 @@ of metric values. Settings: metric=eval_return_det (any metrics.csv column), res
 seed=0 (of the bootstrap), norm=FILE.yaml (per env [low, high]; default: min and max over
 the env's runs)."""
 
+SWEEP_HELP = """Train every (algorithm, env, grid point, seed) of FILE.yaml (keys out, algos, envs,
+seeds, settings, grid, report; see teamrl/sweep.py) as separate processes, at most jobs=N at a
+time, into OUT/<algo>__<env>[__<key>=<value>]__seed<s>, with logs in OUT/logs. Finished runs are
+skipped, interrupted ones resumed; a folder whose config differs from the request stops the
+sweep before anything runs. Ends with `teamrl report` in OUT/report. dry_run=true lists the
+runs and their state."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teamrl", description="Compiled cooperative multi-agent RL.")
@@ -71,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("items", nargs="*", metavar="RUN_DIR | key=value",
                     help="run folders, then out=DIR metric=COLUMN resamples=2000 seed=0 "
                          "norm=FILE.yaml")
+
+    sw = sub.add_parser("sweep", help="a grid of runs (algos x envs x seeds x overrides) from a "
+                        "YAML file, as parallel processes; resumable; ends with a report",
+                        description=SWEEP_HELP)
+    sw.add_argument("file", metavar="FILE.yaml")
+    sw.add_argument("settings", nargs="*", metavar="key=value", help="jobs=1 dry_run=false")
 
     ls = sub.add_parser("list", help="list algorithms, env ids and presets")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -252,6 +265,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from teamrl.config import coerce
+    from teamrl.sweep import run_sweep
+
+    settings = parse_key_values(args.settings)
+    bad = sorted(set(settings) - {"jobs", "dry_run"})
+    if bad:
+        raise ConfigError(f"unknown sweep key {bad[0]!r}; valid keys: dry_run, jobs")
+    jobs = coerce("jobs", settings.get("jobs", "1"), int)
+    if jobs < 1:
+        raise ConfigError(f"jobs={jobs} is out of range; must be >= 1")
+    return run_sweep(args.file, jobs=jobs,
+                     dry_run=coerce("dry_run", settings.get("dry_run", "false"), bool))
+
+
 def cmd_list(args) -> int:
     import dataclasses
 
@@ -307,7 +335,7 @@ def cmd_list(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "plot": cmd_plot,
-                "report": cmd_report, "list": cmd_list}
+                "report": cmd_report, "sweep": cmd_sweep, "list": cmd_list}
     from teamrl.runs import CheckpointError
 
     try:

@@ -1,0 +1,268 @@
+"""Regenerate docs/RESULTS.md, the table of every claim checked, from the result sections.
+
+    python experiments/make_results.py              # assemble docs/RESULTS.md
+    python experiments/make_results.py --refresh    # first rebuild sections from saved runs
+    python experiments/make_results.py --check      # exit 1 if docs/RESULTS.md is stale
+
+**The protocol** (for whoever writes an experiment script):
+
+1. The script ``experiments/<name>.py`` writes its section ``docs/results/<name>.md`` (setup,
+   per-seed numbers, the command, its output) and its figures ``docs/results/<name>*.png``,
+   embedded in the section as ``![alt](<file>.png)``; RESULTS.md shows them all under
+   *Figures*.
+2. The same code that writes the section writes its RESULTS.md rows into it, one HTML comment
+   per claim (invisible when rendered), computed from the same results so the two never
+   disagree::
+
+       from make_results import results_row     # experiments/ is on sys.path for scripts
+       lines.append(results_row(claim="...", ours="...", published="...", budget="...",
+                                seeds="..."))
+
+   ``ours`` is our measured number(s) with just enough context to read them; ``published``
+   the paper's number where one exists (``–`` otherwise, or ``a theorem``); ``budget`` the
+   env steps / episodes / iterations behind ``ours``; ``seeds`` how many. ``where`` defaults
+   to a link to the section and the script.
+3. Rows appear in the order of ORDER below (sections and STATIC rows by name); sections not
+   listed there follow alphabetically, so a new section shows up without editing this file.
+4. Optional, for ``--refresh``: if the section can be rebuilt from saved runs without
+   training, the script takes ``--report-only`` (train nothing; every run it needs must have
+   been saved with the same settings, else exit EXIT_NO_SAVED_RUNS naming the missing one)
+   and its name goes into REPORT_ONLY below. ``--refresh`` runs each of them, skipping those
+   whose saved runs are absent, then assembles. Helpers: ``require_saved_run`` before each
+   ``train_or_skip``, ``save_argv`` after a training invocation and ``reuse_saved_argv`` to
+   parse the arguments (so a rebuilt section keeps the original settings and ``--note``).
+5. After a section changes, run this script and commit both: tests/test_make_results.py
+   fails while docs/RESULTS.md differs from what the sections give.
+
+Rows backed by tests rather than experiment scripts live in STATIC here. Assembling reads
+only the sections, so regenerating is deterministic: the same sections give the same
+RESULTS.md byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("claim", "where", "ours", "published", "budget", "seeds")
+EXIT_NO_SAVED_RUNS = 3
+ORDER = ["proposition1", "monotonic_improvement", "advantage_decomposition", "product_game",
+         "mpe_comparison", "mpe_decentralised", "mamujoco", "single_agent",
+         "decentralised_tabular"]
+REPORT_ONLY = ["proposition1", "mpe_comparison", "mamujoco", "decentralised_tabular"]
+STATIC = {
+    "advantage_decomposition": [{
+        "claim": "Multi-agent advantage decomposition lemma (Kuba et al. 2022)",
+        "where": "`tests/test_tabular_exact.py`",
+        "ours": "exact to 1e-10 for every permutation on a random 3-agent game",
+        "published": "an identity", "budget": "exact (known model)", "seeds": "1 game"}],
+    "product_game": [{
+        "claim": "Product game: from means (−0.25, 0.25), δ = 0.5, one sequential HATRPO "
+                 "iteration raises E[r], a simultaneous trust-region step lowers it",
+        "where": "`tests/test_trust_region.py::test_product_game_sequential_step_improves_and_"
+                 "simultaneous_does_not`",
+        "ours": "holds for 3 of 3 seeds with the compiled sample-based HATRPO",
+        "published": "–", "budget": "one iteration", "seeds": "3"}],
+}
+HEADER = """# Results
+
+Each claim of the papers teamrl implements, checked by a script in `experiments/` (or a test
+in `tests/`) on this repository's code. The sections under `docs/results/` are written by the
+scripts themselves, with the exact commands, settings, per-seed numbers and figures; re-run a
+script to regenerate its section. All numbers were measured on a 2-core CPU machine.
+
+This page is generated from the sections by `python experiments/make_results.py` (do not edit
+it by hand; the protocol is in that script's docstring). *ours* is our measured number,
+*published* the papers' where one exists, *budget* what it was measured at and *seeds* how
+many seeds.
+"""
+_ROW = re.compile(r"^<!-- results-row (\{.*\}) -->$")
+_FIGURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def results_row(claim: str, ours: str, published: str = "–", budget: str = "",
+                seeds: str = "", where: str | None = None) -> str:
+    """One row of RESULTS.md as the HTML comment a section carries (protocol, step 2)."""
+    row = {"claim": claim, "ours": ours, "published": published, "budget": budget,
+           "seeds": seeds}
+    if where is not None:
+        row["where"] = where
+    for key, value in row.items():
+        if not isinstance(value, str) or "\n" in value:
+            raise ValueError(f"results_row: {key} must be one line of text, got {value!r}")
+    # "--" may not appear inside an HTML comment; \u002d is the same character to JSON.
+    text = json.dumps(row, ensure_ascii=False).replace("--", "-\\u002d")
+    return f"<!-- results-row {text} -->"
+
+
+# ------------------------------------------------------------- helpers for --report-only
+def require_saved_run(run_dir, algo: str, env_id: str, settings: dict) -> None:
+    """``--report-only``: exit EXIT_NO_SAVED_RUNS unless ``run_dir`` finished with exactly this
+    request (the record experiment_runs.train_or_skip leaves), so nothing gets trained."""
+    from experiment_runs import DONE_FILE
+
+    done = Path(run_dir) / DONE_FILE
+    request = {"algo": algo, "env_id": env_id, "settings": settings}
+    try:
+        saved = json.loads(done.read_text()).get("request") if done.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        saved = None
+    if saved != request:
+        print(f"--report-only: no finished run of {algo} on {env_id} with {settings} in "
+              f"{run_dir}; run the script without --report-only to train it", file=sys.stderr)
+        raise SystemExit(EXIT_NO_SAVED_RUNS)
+
+
+def save_argv(path: Path, argv: list[str]) -> None:
+    """Record a training invocation's arguments next to its runs (see reuse_saved_argv)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"argv": list(argv)}, ensure_ascii=False, indent=1))
+
+
+def reuse_saved_argv(parser: argparse.ArgumentParser, argv: list[str], saved_path):
+    """Parse ``argv``; with ``--report-only``, the arguments saved by the invocation that trained
+    the runs (``saved_path(args)``, written by save_argv) come first, so the rebuilt section
+    keeps its settings and ``--note``; arguments given now still win. ``--report-only`` alone
+    without saved arguments exits EXIT_NO_SAVED_RUNS: rebuilding with the defaults could drop
+    the page's --note or describe other settings."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "report_only", False):
+        return args
+    path = Path(saved_path(args))
+    if not path.is_file():
+        if any(a != "--report-only" for a in argv):
+            return args
+        print(f"--report-only: {path} (the arguments of the run that saved the results) is "
+              "missing; give them, and its --note, explicitly", file=sys.stderr)
+        raise SystemExit(EXIT_NO_SAVED_RUNS)
+    saved = json.loads(path.read_text()).get("argv", [])
+    return parser.parse_args([a for a in saved if a != "--report-only"] + list(argv))
+
+
+# ---------------------------------------------------------------------------- assembling
+def section_rows(path: Path) -> list[dict]:
+    """The rows a section carries, with ``where`` filled in (link to it and its script)."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        match = _ROW.match(line.strip())
+        if not match:
+            continue
+        try:
+            row = json.loads(match.group(1))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{path}:{number}: results-row is not valid JSON: {err}") from None
+        missing = [c for c in COLUMNS if c != "where" and c not in row]
+        if missing:
+            raise SystemExit(f"{path}:{number}: results-row lacks {', '.join(missing)}")
+        if "where" not in row:
+            script = path.parents[2] / "experiments" / f"{path.stem}.py"
+            row["where"] = f"[{path.name}](results/{path.name})" + (
+                f", `experiments/{script.name}`" if script.is_file() else "")
+        rows.append(row)
+    return rows
+
+
+def section_figures(path: Path) -> list[tuple[str, str]]:
+    """``(alt text, file)`` of the local images a section embeds, in order."""
+    return [(alt, target) for alt, target in _FIGURE.findall(path.read_text(encoding="utf-8"))
+            if "://" not in target]
+
+
+def _title(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return path.stem
+
+
+def _cell(text: str) -> str:
+    return re.sub(r"(?<!\\)\|", r"\\|", text.strip()) or "–"
+
+
+def assemble(root: Path = ROOT) -> tuple[str, list[str]]:
+    """(RESULTS.md text, notes) from ``root/docs/results/*.md`` and STATIC."""
+    results = root / "docs" / "results"
+    sections = {p.stem: p for p in sorted(results.glob("*.md"))}
+    names = [n for n in ORDER if n in sections or n in STATIC]
+    names += sorted(n for n in sections if n not in ORDER)
+    notes, lines = [], [HEADER, "| " + " | ".join(COLUMNS) + " |",
+                        "|" + " --- |" * len(COLUMNS)]
+    figures = []
+    for name in names:
+        if name in sections:
+            rows = section_rows(sections[name])
+            if not rows:
+                notes.append(f"{sections[name]} has no results-row; it is left out of the "
+                             "table (see the protocol in experiments/make_results.py)")
+            shown = section_figures(sections[name])
+            if shown:
+                figures.append((name, sections[name], shown))
+        else:
+            rows = STATIC[name]
+        for row in rows:
+            lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        for name, path, shown in figures:
+            lines += [f"### {_title(path)}", "", f"From [{path.name}](results/{path.name}).", ""]
+            for alt, target in shown:
+                lines += [f"![{alt}](results/{target})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n", notes
+
+
+def refresh(root: Path = ROOT, names=None) -> list[str]:
+    """Run ``--report-only`` of the REPORT_ONLY scripts; returns failures (skipping a script
+    without saved runs is not one)."""
+    failures = []
+    for name in names or REPORT_ONLY:
+        script = root / "experiments" / f"{name}.py"
+        if not script.is_file():
+            continue
+        print(f"[make_results] {script.name} --report-only", flush=True)
+        proc = subprocess.run([sys.executable, str(script), "--report-only"], cwd=root)
+        if proc.returncode == EXIT_NO_SAVED_RUNS:
+            print(f"[make_results] {name}: no saved runs here; its section is kept as it is")
+        elif proc.returncode != 0:
+            failures.append(f"{script.name} --report-only failed (exit {proc.returncode})")
+    return failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--refresh", action="store_true",
+                        help="rebuild the sections of REPORT_ONLY scripts from their saved runs "
+                             "first (no training)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if docs/RESULTS.md differs from what "
+                             "would be generated")
+    parser.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)  # tests
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    failures = refresh(root) if args.refresh else []
+    text, notes = assemble(root)
+    for note in notes:
+        print(f"[make_results] note: {note}", file=sys.stderr)
+    target = root / "docs" / "RESULTS.md"
+    if args.check:
+        current = target.read_text(encoding="utf-8") if target.is_file() else ""
+        if current != text:
+            print(f"[make_results] {target} is out of date; run python experiments/"
+                  "make_results.py", file=sys.stderr)
+            return 1
+        print(f"[make_results] {target} is up to date")
+        return 0
+    target.write_text(text, encoding="utf-8")
+    rows = sum(line.startswith("| ") for line in text.splitlines()) - 2  # header, rule
+    print(f"[make_results] wrote {target} ({rows} rows)")
+    for failure in failures:
+        print(f"[make_results] error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
