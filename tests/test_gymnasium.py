@@ -52,7 +52,8 @@ def test_one_agent_team_matches_the_gymnasium_env(gym_id):
 def test_trpo_on_gymnasium_equals_dense_trpo(algo_name):
     """HATRPO with one agent and TRPO take the same step, the one of a dense TRPO."""
     trainer = trainer_for(algo_name, "gymnasium/Pendulum-v1", num_envs=4, rollout_length=64,
-                          hidden_sizes="[4]", cg_iters=100, kl_threshold=0.02, workers=0)
+                          hidden_sizes="[4]", cg_iters=100, kl_threshold=0.02, workers=0,
+                          cg_damping=0.1)
     try:
         ts, batch = host_rollout_batch(trainer)
         new, metrics = trainer.algo.update(ts, batch, jax.random.PRNGKey(0))
@@ -82,7 +83,8 @@ def test_hatrpo_one_agent_and_trpo_give_identical_runs():
 
 def test_tnpg_on_gymnasium_takes_the_natural_gradient_step():
     trainer = trainer_for("tnpg", "gymnasium/Pendulum-v1", num_envs=4, rollout_length=64,
-                          hidden_sizes="[4]", cg_iters=100, kl_threshold=0.02, workers=0)
+                          hidden_sizes="[4]", cg_iters=100, kl_threshold=0.02, workers=0,
+                          cg_damping=0.1)
     try:
         ts, batch = host_rollout_batch(trainer)
         new, _ = trainer.algo.update(ts, batch, jax.random.PRNGKey(0))
