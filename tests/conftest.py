@@ -1,4 +1,14 @@
 import os
+import tempfile
 
 # Tests run on the CPU, deterministically, without grabbing every core for XLA's thread pool.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent XLA compilation cache for the whole session, shared by the xdist workers and
+# the subprocesses tests start: many tests compile the same programs (a run and its resume,
+# the same small config in several tests), and on 2 cores compiling is much of the suite's
+# time. Cached executables are the programs XLA would compile again, so results are the same
+# bit for bit; the key covers the program, the flags and the jax version.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "teamrl-test-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
