@@ -26,8 +26,14 @@ masked mean (theirs divides by the sum of the expectile weights, a per-batch res
 On λ: the normalisation λ = α / mean|Q_ss| belongs to the continuous-action variant, where
 it weighs Q_ss against a squared error in the forward model's loss; in the discrete mixed
 target above λ is a convex weight of two targets of the same scale and is kept fixed, as in
-the authors' code. The continuous forward-model variant is not implemented (``check``
-rejects continuous actions).
+the authors' code.
+
+Continuous actions: ``i2q`` on an env with continuous actions builds the forward-model
+version instead (``i2q_continuous.ContinuousI2Q``: a deterministic actor, a critic Q_i(o, a),
+Q_ss(o, o') and a forward model f_i(o, a_i), with ``alpha`` and ``noise_std``), as the
+on-policy algorithms pick a categorical or Gaussian policy from the env. The keys ``lamb``,
+``expectile`` and ``double_q`` apply to discrete actions only, ``alpha`` and ``noise_std``
+to continuous ones.
 """
 
 from __future__ import annotations
@@ -46,11 +52,17 @@ from teamrl.nets import AgentStack
 class I2QConfig(IQLConfig):
     """IQL's settings plus the transition-value learner."""
 
-    lamb: float = option(0.2, "weight of the ideal target r + gamma*V(o') in the Q target "
-                         "(0: plain IQL)", low=0.0, high=1.0)
-    expectile: float = option(0.52, "expectile tau of the V(o) regression on Q_ss(o, o') "
-                              "(0.5: mean, -> 1: max)", low=0.0, high=1.0, low_open=True,
-                              high_open=True)
+    lamb: float = option(0.2, "discrete actions: weight of the ideal target r + gamma*V(o') "
+                         "in the Q target (0: plain IQL)", low=0.0, high=1.0)
+    expectile: float = option(0.52, "discrete actions: expectile tau of the V(o) regression "
+                              "on Q_ss(o, o') (0.5: mean, -> 1: max)", low=0.0, high=1.0,
+                              low_open=True, high_open=True)
+    alpha: float = option(0.01, "continuous actions: weight of the Q_ss term against "
+                          "the prediction error in the forward model's loss, "
+                          "lambda = alpha / mean|Q_ss(o, f(o, a))|", low=0.0)
+    noise_std: float = option(0.1, "continuous actions: std of the Gaussian exploration noise "
+                              "added to the actor's action, in units of half the action "
+                              "range", low=0.0)
 
 
 def expectile_loss(diff: jax.Array, expectile: float) -> jax.Array:
@@ -60,7 +72,26 @@ def expectile_loss(diff: jax.Array, expectile: float) -> jax.Array:
 
 
 class I2Q(IQL):
+    """Discrete I2Q; constructing it for an env with continuous actions returns the
+    forward-model learner ``ContinuousI2Q`` (same config, same name)."""
+
     config_class = I2QConfig
+    action_kinds = ("discrete", "continuous")
+
+    def __new__(cls, spec, *args, **kwargs):
+        if cls is I2Q and not spec.discrete:
+            from teamrl.algos.i2q_continuous import ContinuousI2Q
+
+            return ContinuousI2Q(spec, *args, **kwargs)
+        return super().__new__(cls)
+
+    @classmethod
+    def check(cls, spec, cfg, run) -> None:
+        super().check(spec, cfg, run)
+        if not spec.discrete:
+            from teamrl.algos.i2q_continuous import ContinuousI2Q
+
+            ContinuousI2Q.check(spec, cfg, run)
 
     def networks(self):
         """Q_i(o) -> [A], Q_ss,i(o, o') -> [1] on the concatenation [2D], V_i(o) -> [1]."""

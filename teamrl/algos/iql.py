@@ -303,6 +303,11 @@ class IQL:
         return loss, {"q_loss": loss, "q_taken": masked_mean(q_taken, d["alive"]),
                       "td_abs": masked_mean(jnp.abs(td_error), d["alive"])}
 
+    def agent_constants(self) -> dict:
+        """Fixed per-agent arrays [N, ...] added to every agent's replay columns in
+        ``team_loss`` (continuous I2Q: its padding masks); none here."""
+        return {}
+
     def team_loss(self, params: dict, target_params: dict, sample: dict):
         """All agents at once (vmap over the agent axis): -> (loss [], metrics averaged over
         agents). ``sample`` is a replay minibatch (leaves [B, N, ...] / [B]).
@@ -310,8 +315,9 @@ class IQL:
         Stacked parameters: each agent's loss drives only its own slice, so sum; shared
         parameters: mean over agents."""
         axis = None if self.shared else 0
+        columns = {**agent_major(sample, self.spec.n_agents), **self.agent_constants()}
         loss, metrics = jax.vmap(self.agent_loss, in_axes=(axis, axis, 0))(
-            params, target_params, agent_major(sample, self.spec.n_agents))
+            params, target_params, columns)
         return (loss.mean() if self.shared else loss.sum()), jax.tree.map(jnp.mean, metrics)
 
     def update_target(self, target, params, grad_steps):
