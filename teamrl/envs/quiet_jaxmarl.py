@@ -9,6 +9,10 @@ import sys
 def _import_jaxmarl_quietly():
     sys.stdout.flush()
     saved = os.dup(1)
+    # One of jaxmarl's env modules rebinds sys.stdout to the process's real stdout on import,
+    # which would silently undo a caller's redirection (contextlib.redirect_stdout, captured
+    # output in tests): keep the streams the caller had.
+    streams = sys.stdout, sys.stderr
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 1)
@@ -17,6 +21,7 @@ def _import_jaxmarl_quietly():
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+        sys.stdout, sys.stderr = streams
 
 
 _import_jaxmarl_quietly()
