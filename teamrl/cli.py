@@ -103,10 +103,13 @@ def _default_out(algo: str, env_id: str) -> str:
 
 
 def cmd_train(args) -> int:
+    from teamrl import distributed
+
+    overrides = parse_key_values(args.settings)
+    distributed.initialize_from_settings(overrides, args.config)  # before any env import
     from teamrl.cli_config import base_config, config_from_file
     from teamrl.config import apply_overrides
 
-    overrides = parse_key_values(args.settings)
     if args.config:
         positional = [a for a in (args.algo, args.env) if a]
         overrides = {**parse_key_values(positional), **overrides}
@@ -124,11 +127,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from teamrl import distributed
+
+    overrides = parse_key_values(args.settings)
+    distributed.initialize_from_settings(overrides, args.run_dir)  # before any env import
     from teamrl import runs
     from teamrl.cli_config import config_from_run_dir
 
-    overrides = parse_key_values(args.settings)
-    allowed = {"total_steps", "progress", "log_every", "checkpoint_every"}
+    from teamrl.config import PLACEMENT_KEYS
+
+    allowed = {"total_steps", "progress", "log_every", "checkpoint_every", *PLACEMENT_KEYS}
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ConfigError(f"resume cannot change {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")

@@ -57,6 +57,16 @@ class RunConfig:
                                 "and `teamrl eval`)", low=1)
     eval_every: int = option(5, "log rows between evaluations during training, deterministic "
                              "and stochastic, recorded in metrics.csv (0: off)", low=0)
+    devices: int = option(0, "local devices to split each seed's environments over, "
+                          "gradients averaged across them (0: as many as divide num_envs; "
+                          "host-stepped envs use 1)", low=0)
+    coordinator: str = option("", "HOST:PORT of process 0 in a multi-process (multi-host) run "
+                              "through jax.distributed (empty: one process)")
+    num_processes: int = option(1, "processes in a multi-process run (one per host)", low=1)
+    process_id: int = option(0, "this process's index in a multi-process run; process 0 "
+                             "writes the run folder", low=0)
+    distributed_timeout: int = option(300, "seconds to wait for every process to join a "
+                                      "multi-process run", low=1)
 
 
 @dataclass
@@ -80,6 +90,11 @@ class NetworkConfig:
                                "chunks that start from the stored hidden state; must divide "
                                "rollout_length", low=1)
 
+
+# Run settings that say where a run executes, not which run it is: `teamrl resume` may change
+# them, and a sweep treats folders that differ only in them as the same run.
+PLACEMENT_KEYS = ("devices", "coordinator", "num_processes", "process_id",
+                  "distributed_timeout")
 
 SECTION_NAMES = ("run", "network", "algo", "env")
 

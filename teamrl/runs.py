@@ -267,6 +267,20 @@ class MetricsWriter:
         self.close()
 
 
+class NullWriter:
+    """The MetricsWriter of a process that does not write the run folder (processes other
+    than 0 of a multi-process run): takes rows, writes nothing."""
+
+    def write(self, rows: Iterable[dict]) -> None:
+        pass
+
+    def __enter__(self) -> "NullWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def _csv_line(cells: list[str]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(cells)

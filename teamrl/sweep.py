@@ -50,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from teamrl.config import ConfigError
+from teamrl.config import PLACEMENT_KEYS, ConfigError
 
 SWEEP_KEYS = ("out", "algos", "envs", "seeds", "settings", "grid", "report")
 REPORT_KEYS = ("metric", "resamples", "seed", "norm")
@@ -60,7 +60,8 @@ RESERVED_KEYS = {"algo": "algos:", "env_id": "envs:", "seed": "seeds:", "seeds":
 # What `teamrl resume` may change (cli.cmd_resume): a folder differing only in these is the
 # same run, continued with the sweep's values.
 RESUME_KEYS = ("total_steps", "progress", "log_every", "checkpoint_every")
-_IGNORED = {"run.out", "run.overwrite"} | {f"run.{k}" for k in RESUME_KEYS}
+_IGNORED = ({"run.out", "run.overwrite"} | {f"run.{k}" for k in RESUME_KEYS}
+            | {f"run.{k}" for k in PLACEMENT_KEYS})
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 MAX_NAME = 120
 STOP_GRACE_S = 30.0

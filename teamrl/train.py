@@ -15,6 +15,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from teamrl import distributed
 from teamrl.algos import ALGORITHMS
 from teamrl.config import Config, ConfigError, validate_section
 from teamrl.envs.registry import make_env
@@ -124,7 +125,9 @@ class Trainer:
     def __post_init__(self):
         self.team_env, self.algo = build(self.config)
         self.spec = self.team_env.spec
+        self.placement = distributed.placement(self.config.run)
         self._chunk = jax.jit(jax.vmap(self._run_chunk, in_axes=(0, None)), static_argnums=1)
+        self._sharded_chunks = {}
         self._evaluate = None
 
     # ------------------------------------------------------------------------ init
@@ -132,9 +135,25 @@ class Trainer:
         run = self.config.run
         return jnp.stack([jax.random.PRNGKey(run.seed + i) for i in range(run.seeds)])
 
+    @property
+    def runner_shape(self) -> Runner:
+        """The [S]-batched Runner as ShapeDtypeStructs (the template of shardings)."""
+        return jax.eval_shape(jax.vmap(self._init_one), self.seed_keys())
+
     def init(self) -> Runner:
-        """[S]-batched initial runner state."""
-        return jax.jit(jax.vmap(self._init_one))(self.seed_keys())
+        """[S]-batched initial runner state (on several devices: the environments split over
+        them, everything else replicated)."""
+        init_all = jax.vmap(self._init_one)
+        if self.placement.mesh is None:
+            return jax.jit(init_all)(self.seed_keys())
+        shardings = self.placement.runner_shardings(self.runner_shape)
+        return jax.jit(init_all, out_shardings=shardings)(self.seed_keys())
+
+    def place(self, runner: Runner) -> Runner:
+        """A runner loaded from a checkpoint (numpy leaves), put where ``init`` puts one."""
+        if self.placement.mesh is None:
+            return runner  # the compiled chunk takes numpy leaves as they are
+        return self.placement.place(runner, self.runner_shape)
 
     def _init_one(self, key) -> Runner:
         init_key, env_key, key = jax.random.split(key, 3)
@@ -180,13 +199,26 @@ class Trainer:
     def _run_chunk(self, runner: Runner, num_updates: int):
         return jax.lax.scan(self._update, runner, None, length=num_updates)
 
+    def _sharded_chunk(self, num_updates: int):
+        """The chunk of K updates compiled for the device mesh (runner shardings in and out,
+        replicated metrics)."""
+        if num_updates not in self._sharded_chunks:
+            chunk = jax.vmap(self._run_chunk, in_axes=(0, None))
+            self._sharded_chunks[num_updates] = self.placement.jit(
+                lambda runner: chunk(runner, num_updates), self.runner_shape, extra_out=True)
+        return self._sharded_chunks[num_updates]
+
     def compile_chunk(self, runner: Runner, num_updates: int):
         """Ahead-of-time compile K updates for all seeds (so compile time is measured apart);
         returns a callable runner -> (runner, metrics)."""
+        if self.placement.mesh is not None:
+            return self._sharded_chunk(num_updates).lower(runner).compile()
         return self._chunk.lower(runner, num_updates).compile()
 
     def run_chunk(self, runner: Runner, num_updates: int):
         """K updates for all seeds: -> (runner, metrics dict of [S, K] arrays)."""
+        if self.placement.mesh is not None:
+            return self._sharded_chunk(num_updates)(runner)
         return self._chunk(runner, num_updates)
 
     def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
@@ -217,7 +249,9 @@ class Trainer:
                         "eval_win_rate_det": jnp.nanmean(det_won),
                         "eval_win_rate_stoch": jnp.nanmean(stoch_won)}
 
-            self._evaluate = jax.jit(jax.vmap(both))
+            replicated = ({} if self.placement.mesh is None
+                          else {"out_shardings": self.placement.replicated})
+            self._evaluate = jax.jit(jax.vmap(both), **replicated)
         result = self._evaluate(runner.train_state, runner.key)
         if not self.spec.has_wins:
             result = {k: v for k, v in result.items() if "win" not in k}
@@ -235,7 +269,7 @@ class HostTrainer(Trainer):
     def __post_init__(self):
         self.team_env, self.algo = build(self.config)
         self.spec = self.team_env.spec
-        run = self.config.run
+        self.placement = distributed.placement(self.config.run, host_env=True)
 
         def act(ts, obs, key):
             action, log_prob, _ = self.algo.act(ts, obs, key)
@@ -465,8 +499,17 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
     from teamrl import runs
 
     run = config.run
+    distributed.initialize(run)  # before JAX touches a device; nothing for one process
     if resume_dir is None:
-        runs.check_run_dir_free(run.out, run.overwrite)
+        refusal = None
+        if distributed.is_writer():
+            try:
+                runs.check_run_dir_free(run.out, run.overwrite)
+            except runs.RunExistsError as err:
+                refusal = err
+        if not distributed.writer_value(refusal is None):
+            raise refusal or ConfigError("process 0 refused to start the run (its run folder "
+                                         "exists); see its message")
     trainer = make_trainer(config)  # validates everything before the run folder is touched
     try:
         return _train_loop(config, trainer, resume_dir, log)
@@ -487,15 +530,20 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
     from teamrl.progress import ProgressReporter
 
     run = config.run
+    writes = distributed.is_writer()  # process 0 of a multi-process run; always on one
     runner = trainer.init()
     meta = {"updates": 0, "wall_time": 0.0, "best_return": -math.inf}
     if resume_dir is not None:
         run_dir = pathlib.Path(resume_dir)
         runner, meta = runs.load_checkpoint(run_dir, "latest", runner)
-        runs.write_config(run_dir, config.to_dict())
-    else:
+        runner = trainer.place(runner)
+        if writes:
+            runs.write_config(run_dir, config.to_dict())
+    elif writes:
         run_dir = runs.prepare_run_dir(run.out, run.overwrite)
         runs.write_config(run_dir, config.to_dict())
+    else:
+        run_dir = pathlib.Path(run.out)
 
     target_updates = total_updates(run)
     updates_done, wall_offset = int(meta["updates"]), float(meta["wall_time"])
@@ -504,7 +552,7 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
     seeds = [run.seed + s for s in range(run.seeds)]
     progress = ProgressReporter(target_updates * steps_per_update(run),
                                 start_steps=updates_done * steps_per_update(run),
-                                enabled=run.progress != "none")
+                                enabled=run.progress != "none" and writes)
     if run.progress in ("bar", "lines"):
         progress.is_terminal = run.progress == "bar"
     compiled = {}
@@ -512,7 +560,9 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
     rows_written = 0
     saved_update = updates_done
     start = time.perf_counter()
-    with progress, runs.MetricsWriter(run_dir, resume=resume_dir is not None) as writer:
+    metrics_writer = (runs.MetricsWriter(run_dir, resume=resume_dir is not None) if writes
+                      else runs.NullWriter())
+    with progress, metrics_writer as writer:
         while updates_done < target_updates:
             k = min(chunk, target_updates - updates_done)
             if k not in compiled:
@@ -563,14 +613,21 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
             meta = {"updates": updates_done, "env_steps": updates_done * steps_per_update(run),
                     "wall_time": wall, "best_return": best_return, "seeds": seeds}
             last_chunk = updates_done >= target_updates
-            if rows_written % run.checkpoint_every == 0 or last_chunk:
-                runs.save_checkpoint(run_dir, "latest", runner, meta)
-                saved_update = updates_done
-            if is_best:
-                runs.save_checkpoint(run_dir, "best", runner, meta)
+            if rows_written % run.checkpoint_every == 0 or last_chunk or is_best:
+                # A collective with several processes: every process gathers, one writes.
+                saved = trainer.placement.host_copy(runner)
+                if writes and (rows_written % run.checkpoint_every == 0 or last_chunk):
+                    runs.save_checkpoint(run_dir, "latest", saved, meta)
+                if writes and is_best:
+                    runs.save_checkpoint(run_dir, "best", saved, meta)
+                if rows_written % run.checkpoint_every == 0 or last_chunk:
+                    saved_update = updates_done
             summary.update(updates=updates_done, return_mean=mean_return,
                            env_steps=updates_done * steps_per_update(run), steps_per_s=sps)
-    if (run_dir / "metrics.csv").exists():
+    replicas = trainer.placement.check_replicas(runner.train_state)
+    if replicas:
+        progress.log(f"[teamrl] {replicas}")
+    if writes and (run_dir / "metrics.csv").exists():
         plot_learning_curve(run_dir / "metrics.csv", run_dir / "curve.png",
                             title=f"{run.algo} on {run.env_id}")
     summary["best_return"] = best_return
