@@ -37,7 +37,8 @@ seeds, settings, grid, report; see teamrl/sweep.py) as separate processes, at mo
 time, into OUT/<algo>__<env>[__<key>=<value>]__seed<s>, with logs in OUT/logs. Finished runs are
 skipped, interrupted ones resumed; a folder whose config differs from the request stops the
 sweep before anything runs. Ends with `teamrl report` in OUT/report. dry_run=true lists the
-runs and their state."""
+runs and their state. backend=ray runs them as Ray tasks (pip install "teamrl[ray]") on the
+cluster at address=HOST:PORT, or on a local Ray instance without address."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -278,14 +279,17 @@ def cmd_sweep(args) -> int:
     from teamrl.sweep import run_sweep
 
     settings = parse_key_values(args.settings)
-    bad = sorted(set(settings) - {"jobs", "dry_run"})
+    bad = sorted(set(settings) - {"jobs", "dry_run", "backend", "address"})
     if bad:
-        raise ConfigError(f"unknown sweep key {bad[0]!r}; valid keys: dry_run, jobs")
+        raise ConfigError(f"unknown sweep key {bad[0]!r}; valid keys: address, backend, "
+                          "dry_run, jobs")
     jobs = coerce("jobs", settings.get("jobs", "1"), int)
     if jobs < 1:
         raise ConfigError(f"jobs={jobs} is out of range; must be >= 1")
     return run_sweep(args.file, jobs=jobs,
-                     dry_run=coerce("dry_run", settings.get("dry_run", "false"), bool))
+                     dry_run=coerce("dry_run", settings.get("dry_run", "false"), bool),
+                     backend=settings.get("backend", "local"),
+                     address=settings.get("address", ""))
 
 
 def cmd_list(args) -> int:

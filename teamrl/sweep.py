@@ -1,4 +1,5 @@
-"""`teamrl sweep FILE.yaml [jobs=N] [dry_run=true]`: a grid of runs as parallel local processes.
+"""`teamrl sweep FILE.yaml [jobs=N] [dry_run=true] [backend=local|ray] [address=HOST:PORT]`: a
+grid of runs as parallel local processes, or as tasks on a Ray cluster (``backend=ray``).
 
 A sweep file names the grid; every field is checked before anything is launched::
 
@@ -454,12 +455,12 @@ def cpu_slots(jobs: int) -> list[list[int] | None]:
     return [cpus[i * len(cpus) // jobs:(i + 1) * len(cpus) // jobs] for i in range(jobs)]
 
 
-def child_env(out: pathlib.Path, jobs: int, cpus) -> dict:
-    """Environment of a run's process: unbuffered output for the log; a compilation cache shared
-    by the sweep's runs (runs differing only in seed compile the same programs); with several
-    jobs, BLAS/OpenMP threads limited to the run's CPUs and no GPU memory preallocation (the
-    runs share the device)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def child_env(out: pathlib.Path, jobs: int, cpus, base=None) -> dict:
+    """Environment of a run's process (``base``, default this process's, plus what the sweep
+    sets): unbuffered output for the log; a compilation cache shared by the sweep's runs (runs
+    differing only in seed compile the same programs); with several jobs, BLAS/OpenMP threads
+    limited to the run's CPUs and no GPU memory preallocation (the runs share the device)."""
+    env = dict(os.environ if base is None else base, PYTHONUNBUFFERED="1")
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str((out / ".jax_cache").resolve()))
     if jobs > 1:
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -503,7 +504,8 @@ def _say(line: str) -> None:
     print(line, flush=True)  # progress must show when the sweep's output is piped to a file
 
 
-def execute(plans: list[RunPlan], out: pathlib.Path, jobs: int, log=_say) -> SweepOutcome:
+def execute(plans: list[RunPlan], out: pathlib.Path, jobs: int, log=_say,
+            backend: str = "local") -> SweepOutcome:
     """Run every plan in state train/resume as a `teamrl` process, at most ``jobs`` at a time.
 
     A failed run does not stop the others. Ctrl-C (or SIGTERM) sends SIGINT to every running
@@ -513,7 +515,8 @@ def execute(plans: list[RunPlan], out: pathlib.Path, jobs: int, log=_say) -> Swe
     todo = deque(p for p in plans if p.state in ("train", "resume"))
     outcome = SweepOutcome(finished=[p for p in plans if p.state == "finished"])
     total, done = len(todo), 0
-    slots = cpu_slots(jobs)
+    # Ray places each run on a node and reserves its CPUs there: no local pinning.
+    slots = cpu_slots(jobs) if backend == "local" else [None] * jobs
     free = list(range(jobs))
     running: list[_Running] = []
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -521,7 +524,8 @@ def execute(plans: list[RunPlan], out: pathlib.Path, jobs: int, log=_say) -> Swe
     try:
         while todo or running:
             while todo and free:
-                running.append(_start(todo.popleft(), out, jobs, slots, free.pop(0), log))
+                running.append(_start(todo.popleft(), out, jobs, slots, free.pop(0), log,
+                                      backend))
             time.sleep(0.2)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
@@ -537,7 +541,8 @@ def execute(plans: list[RunPlan], out: pathlib.Path, jobs: int, log=_say) -> Swe
                         + _tally(outcome, running))
                 else:
                     outcome.failed.append((r.plan, rc, r.log_path))
-                    why = _last_line(r.log_path) or "no output"
+                    why = getattr(r.proc, "error", None) or _last_line(r.log_path) \
+                        or "no output"
                     log(f"[teamrl] sweep {done}/{total}: {r.plan.name} FAILED (exit {rc}): "
                         f"{why}; log {r.log_path}" + _tally(outcome, running))
     except KeyboardInterrupt:
@@ -554,7 +559,7 @@ def _tally(outcome: SweepOutcome, running: list) -> str:
     return f" ({len(running)} running{failed})"
 
 
-def _start(plan: RunPlan, out, jobs, slots, slot, log) -> _Running:
+def _start(plan: RunPlan, out, jobs, slots, slot, log, backend: str = "local") -> _Running:
     if plan.state == "train":
         prepare_folder(plan, log)
     args = command(plan)
@@ -570,9 +575,16 @@ def _start(plan: RunPlan, out, jobs, slots, slot, log) -> _Running:
     log_file.flush()
     # A session of its own: a terminal's Ctrl-C reaches only the sweep, which stops the runs
     # itself (so it knows they were interrupted rather than failed).
-    proc = subprocess.Popen(launcher + args, stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=child_env(out, jobs, cpus),
-                            start_new_session=True)
+    if backend == "ray":
+        from teamrl.ray_cluster import RayRun
+
+        log_file.close()  # the task appends to the log on its node
+        # Only what the sweep sets travels: the node keeps its own PATH and environment.
+        proc = RayRun(args, child_env(out, jobs, cpus, base={}), log_path, STOP_GRACE_S)
+    else:
+        proc = subprocess.Popen(launcher + args, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=child_env(out, jobs, cpus),
+                                start_new_session=True)
     log(f"[teamrl] {args[0]} {plan.name}" + (f" ({plan.detail})" if args[0] == "resume" else ""))
     return _Running(plan, proc, slot, log_path, log_file, time.monotonic())
 
@@ -629,10 +641,21 @@ def write_reports(spec: SweepSpec, finished: list[RunPlan]) -> list[tuple[pathli
     return written
 
 
-def run_sweep(path, jobs: int = 1, dry_run: bool = False, log=_say) -> int:
+def run_sweep(path, jobs: int = 1, dry_run: bool = False, log=_say, backend: str = "local",
+              address: str = "") -> int:
     """The `teamrl sweep` command: check, plan, run, report; returns the exit code (0 all
     finished, 1 a run or the report failed, 130 interrupted). Raises ConfigError on bad input
-    or a conflicting folder, before anything is launched or written."""
+    or a conflicting folder, before anything is launched or written. ``backend="ray"`` runs
+    the runs as Ray tasks (:mod:`teamrl.ray_cluster`) on the cluster at ``address`` (empty: a
+    local Ray instance)."""
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend={backend!r} is not valid; valid choices: local, ray")
+    if address and backend != "ray":
+        raise ConfigError(f"address={address!r} needs backend=ray")
+    if backend == "ray":
+        from teamrl.ray_cluster import require_ray
+
+        require_ray()  # before anything is planned or written
     spec = load_sweep(path)
     plans = plan_runs(spec)
     log(f"[teamrl] sweep {spec.path}: {len(plans)} runs in {spec.out} ({counts(plans)})")
@@ -642,9 +665,15 @@ def run_sweep(path, jobs: int = 1, dry_run: bool = False, log=_say) -> int:
         check_conflicts(plans)
         return 0
     check_conflicts(plans)
+    if backend == "ray" and any(p.state in ("train", "resume") for p in plans):
+        from teamrl.ray_cluster import connect
+
+        ray = connect(address)
+        log(f"[teamrl] sweep on Ray: {len(ray.nodes())} node(s), "
+            f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
     spec.out.mkdir(parents=True, exist_ok=True)
     with _SweepLock(spec.out):
-        outcome = execute(plans, spec.out, jobs, log)
+        outcome = execute(plans, spec.out, jobs, log, backend)
     if outcome.interrupted:
         print("teamrl: sweep interrupted; run it again to resume", file=sys.stderr)
         return 130

@@ -21,10 +21,11 @@ from teamrl.train import make_trainer  # noqa: E402
 
 SMALL = {"num_envs": 4, "rollout_length": 16, "total_steps": 1024}
 CASES = {
-    # a shared actor with agent ids, two seeds vectorised at the same time
-    "mappo_seeds2": ("mappo", "mpe/simple_spread", {"seeds": 2}),
-    # the sequential agent-by-agent update (a scan over the agent order)
-    "happo": ("happo", "mpe/simple_spread", {}),
+    # the sequential agent-by-agent update (a scan over the agent order), two seeds
+    # vectorised at the same time
+    "happo_seeds2": ("happo", "mpe/simple_spread", {"seeds": 2}),
+    # a shared actor with agent ids
+    "mappo": ("mappo", "mpe/simple_spread", {}),
     # GRU actor and critic, chunked training from stored hidden states, dead agents masked
     "mappo_recurrent_smax": ("mappo", "smax/3m", {"num_envs": 4, "rollout_length": 16,
                                                   "chunk_length": 8, "minibatches": 2,

@@ -198,6 +198,19 @@ def test_failing_env_reports_the_workers_traceback():
         vec.close()
 
 
+def test_failing_env_on_a_ray_actor_names_the_actor_and_its_traceback():
+    team = _host_env("pettingzoo/host_fixtures", env_kwargs={"crash_at": 3},
+                     worker_backend="ray")
+    vec = team.vector(2, 2)
+    vec.reset([0, 1])
+    with pytest.raises(HostEnvError, match="env actor 0 \\(envs 0...0\\) failed(.|\n)*"
+                                           "relay env exploded on purpose") as info:
+        for _ in range(3):
+            vec.step(np.zeros((2, 3), np.int32))
+    assert "host_fixtures.py" in str(info.value)
+    assert vec.closed
+
+
 # ------------------------------------------------------------------------------- training
 def _host_config(tmp_path, algo="happo", env_id="mamujoco/HalfCheetah-2x3", **overrides):
     from teamrl.cli_config import base_config
@@ -211,16 +224,20 @@ def _host_config(tmp_path, algo="happo", env_id="mamujoco/HalfCheetah-2x3", **ov
     return config
 
 
-def test_training_identical_with_1_and_2_workers(tmp_path):
+def test_training_identical_with_1_and_2_workers_and_ray_actors(tmp_path):
+    """Environment e is seeded the same whatever steps it: 1 or 2 worker processes and 2 Ray
+    actors (worker_backend=ray on a local Ray instance) train bitwise the same parameters."""
     from teamrl.train import train
 
     params = []
-    for workers in (1, 2):
-        config = _host_config(tmp_path / str(workers), workers=workers, total_steps=160)
+    for name, settings in (("1", {"workers": 1}), ("2", {"workers": 2}),
+                           ("ray", {"workers": 2, "worker_backend": "ray"})):
+        config = _host_config(tmp_path / name, total_steps=160, **settings)
         summary = train(config)
         params.append(jax.tree.leaves(summary["runner"].train_state.actor_params))
-    for a, b in zip(*params):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for other in params[1:]:
+        for a, b in zip(params[0], other):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_killed_worker_stops_training_with_intact_checkpoint(tmp_path, monkeypatch):

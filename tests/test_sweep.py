@@ -264,7 +264,7 @@ def test_bad_sweep_file_is_one_line_exit_2_and_writes_nothing(tmp_path, fields, 
     ("out: x\nalgos: [mappo]\nenvs: [didactic/climbing]\nseeds: 1\n", ["jobs=0"],
      "jobs=0 is out of range; must be >= 1"),
     ("out: x\nalgos: [mappo]\nenvs: [didactic/climbing]\nseeds: 1\n", ["job=2"],
-     "unknown sweep key 'job'; valid keys: dry_run, jobs"),
+     "unknown sweep key 'job'; valid keys: address, backend, dry_run, jobs"),
 ])
 def test_bad_sweep_text_and_options(tmp_path, monkeypatch, text, argv, needle):
     monkeypatch.chdir(tmp_path)
@@ -284,3 +284,46 @@ def test_run_names_are_readable_safe_and_independent_of_key_order():
     long = sweep.run_name("mappo", "mpe/simple", {"x": "y" * 300}, 0)
     assert len(long) < 140 and long.endswith("__seed0")
     assert sweep.cpu_slots(1) == [None]
+
+
+# ------------------------------------------------------------------------------- on Ray
+def _final_state(run_dir):
+    from flax import serialization
+
+    payload = (run_dir / "checkpoints" / "latest.msgpack").read_bytes()
+    return serialization.msgpack_restore(payload)["train_state"]
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        return [x for k in sorted(tree) for x in _leaves(tree[k])]
+    return [np.asarray(tree)]
+
+
+def test_ray_backend_runs_the_same_sweep_with_the_same_results(swept, tmp_path):
+    """backend=ray on a local Ray instance: the four runs as Ray tasks, the same folders,
+    logs and report, and bitwise the parameters of the local backend's runs; a second call
+    skips them all."""
+    file = write_sweep(tmp_path / "sweep.yaml", tmp_path / "out")
+    code, out, err = run_main(["sweep", str(file), "jobs=2", "backend=ray"])
+    assert code == 0, err
+    assert "sweep on Ray: 1 node(s)" in out and "(0 finished, 0 to resume, 4 to train)" in out
+    for local in sweep.plan_runs(sweep.load_sweep(swept["file"])):
+        on_ray = tmp_path / "out" / local.run_dir.name
+        assert (on_ray / "curve.png").is_file()
+        assert "teamrl train " in (tmp_path / "out" / "logs" / f"{local.name}.log").read_text()
+        for a, b in zip(_leaves(_final_state(local.run_dir)), _leaves(_final_state(on_ray))):
+            np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "out" / "report" / "summary.md").is_file()
+    code, out, _ = run_main(["sweep", str(file), "backend=ray"])
+    assert code == 0 and "(4 finished, 0 to resume, 0 to train)" in out
+
+
+def test_ray_backend_settings_are_checked(tmp_path):
+    file = write_sweep(tmp_path / "sweep.yaml", tmp_path / "out")
+    for argv, needle in ((["backend=slurm"], "backend='slurm' is not valid; valid choices: "
+                                             "local, ray"),
+                         (["address=1.2.3.4:6379"], "address='1.2.3.4:6379' needs backend=ray")):
+        code, _, err = run_main(["sweep", str(file), *argv])
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -133,14 +133,17 @@ class HostTeamEnv:
             limit, in which case ``episode_limit`` must say how long episodes can last.
         episode_limit: the longest possible episode (the evaluation horizon).
         workers: default worker processes of vector envs (-1: ``default_workers``).
+        worker_backend: "processes" (shared memory) or "ray" (Ray actors,
+            :class:`teamrl.envs.host_ray.RayVectorEnv`, on the cluster at ``ray_address``).
     """
 
     is_host = True
 
     def __init__(self, recipe: EnvRecipe, env_id: str, agent_id: bool = False,
                  team_reward: str = "mean", max_steps: int = 0, episode_limit: int = 0,
-                 workers: int = -1):
+                 workers: int = -1, worker_backend: str = "processes", ray_address: str = ""):
         self.recipe, self.workers = recipe, workers
+        self.worker_backend, self.ray_address = worker_backend, ray_address
         try:
             probe = recipe.build()
         except Exception as err:  # noqa: BLE001 - whatever the env raises, name it once
@@ -160,7 +163,13 @@ class HostTeamEnv:
             agent_id=agent_id)
 
     def vector(self, num_envs: int, workers: int | None = None) -> "HostVectorEnv":
+        """``num_envs`` envs over ``workers`` workers (default: the env's ``workers``) of the
+        env's ``worker_backend``; the same interface either way."""
         workers = self.workers if workers is None else workers
+        if self.worker_backend == "ray":
+            from teamrl.envs.host_ray import RayVectorEnv
+
+            return RayVectorEnv(self.recipe, self.layout, num_envs, workers, self.ray_address)
         if workers < 0:
             workers = default_workers(num_envs)
         return HostVectorEnv(self.recipe, self.layout, num_envs, workers)

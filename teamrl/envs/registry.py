@@ -86,7 +86,18 @@ class HostOptions:
     """Options shared by environments stepped on the host (outside XLA)."""
 
     workers: int = option(-1, "worker processes stepping the envs (0: in the learner's "
-                          "process; -1: one per CPU core beyond the learner's)", low=-1)
+                          "process; -1: one per CPU core beyond the learner's, or per Ray CPU "
+                          "beyond one with worker_backend=ray)", low=-1)
+    worker_backend: str = option("processes", "where the workers run: local processes "
+                                 "(shared memory) or Ray actors on a cluster (pip install "
+                                 "\"teamrl[ray]\")", choices=["processes", "ray"])
+    ray_address: str = option("", "worker_backend=ray: HOST:PORT of the Ray cluster's head "
+                              "(empty: a local Ray instance)")
+
+    def host_settings(self) -> dict:
+        """What the host adapter takes of these options."""
+        return {"host": True, "workers": self.workers, "worker_backend": self.worker_backend,
+                "ray_address": self.ray_address}
 
 
 @dataclass
@@ -239,8 +250,8 @@ def _mamujoco_builder(scenario: str, agent_conf: str):
                            {"scenario": scenario, "agent_conf": agent_conf, "obs": opts.obs,
                             "obsk": opts.obsk, "max_steps": opts.max_steps})
         # The env's own TimeLimit truncates at max_steps; the adapter only needs the horizon.
-        return recipe, {"host": True, "episode_limit": opts.max_steps, "max_steps": 0,
-                        "workers": opts.workers}
+        return recipe, {**opts.host_settings(), "episode_limit": opts.max_steps,
+                        "max_steps": 0}
 
     return build
 
@@ -262,8 +273,8 @@ def _pettingzoo_builder(module: str):
                              "valid: a module exposing a PettingZoo parallel_env factory")
         recipe = EnvRecipe("teamrl.envs.registry", "build_pettingzoo",
                            {"module": module, "kwargs": dict(opts.env_kwargs)})
-        return recipe, {"host": True, "max_steps": opts.max_steps,
-                        "episode_limit": opts.max_steps or 10_000, "workers": opts.workers}
+        return recipe, {**opts.host_settings(), "max_steps": opts.max_steps,
+                        "episode_limit": opts.max_steps or 10_000}
 
     return build
 
@@ -282,8 +293,8 @@ def _gymnasium_builder(gym_id: str):
         limit = opts.max_steps or spec.max_episode_steps or 10_000
         recipe = EnvRecipe("teamrl.envs.gymnasium_env", "make_parallel_env",
                            {"env_id": gym_id, "kwargs": dict(opts.env_kwargs)})
-        return recipe, {"host": True, "max_steps": opts.max_steps, "episode_limit": limit,
-                        "workers": opts.workers}
+        return recipe, {**opts.host_settings(), "max_steps": opts.max_steps,
+                        "episode_limit": limit}
 
     return build
 
