@@ -175,7 +175,36 @@ class HostTeamEnv:
         return HostVectorEnv(self.recipe, self.layout, num_envs, workers)
 
 
-class HostVectorEnv:
+class VectorEnvBase:
+    """What every vector of host envs shares: reading observations out of ``buffers``, and
+    closing on exit (subclasses define ``buffers`` and ``close``)."""
+
+    buffers: TeamBuffers
+
+    def observation(self, final: bool = False) -> TeamObs:
+        """A copy of the current (or final) observation: TeamObs of [E, ...] NumPy arrays."""
+        p = "final_" if final else ""
+        b = self.buffers
+        return TeamObs(*(getattr(b, p + name).copy() for name in ("obs", "state", "avail",
+                                                                  "alive")))
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class HostVectorEnv(VectorEnvBase):
     """E host environments, in-process (``workers=0``) or over W worker processes.
 
     ``buffers`` holds the team arrays: ``obs/state/avail/alive`` (the observation to act on),
@@ -274,13 +303,6 @@ class HostVectorEnv:
         else:
             self._broadcast("step")
 
-    def observation(self, final: bool = False) -> TeamObs:
-        """A copy of the current (or final) observation: TeamObs of [E, ...] NumPy arrays."""
-        p = "final_" if final else ""
-        b = self.buffers
-        return TeamObs(*(getattr(b, p + name).copy() for name in ("obs", "state", "avail",
-                                                                  "alive")))
-
     def close(self) -> None:
         if self.closed:
             return
@@ -299,15 +321,3 @@ class HostVectorEnv:
             conn.close()
         for adapter in self._adapters:
             adapter.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass

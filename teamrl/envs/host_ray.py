@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from teamrl.envs.host_env import HostEnvError, VectorEnvBase
 from teamrl.envs.host_worker import EnvRecipe, TeamAdapter, TeamBuffers, TeamLayout
 
 # The rows an actor sends back after reset and step (everything but the actions).
@@ -57,7 +58,7 @@ class EnvSlice:
             adapter.close()
 
 
-class RayVectorEnv:
+class RayVectorEnv(VectorEnvBase):
     """E host environments over W Ray actors (``workers=-1``: one per CPU of the cluster
     beyond one, at most E). Same interface as HostVectorEnv: ``buffers``, ``reset``,
     ``step``, ``observation``, ``close``, context manager."""
@@ -86,8 +87,6 @@ class RayVectorEnv:
 
     def _gather(self, refs: list) -> list:
         """Results of one call per actor; a HostEnvError naming every failed actor."""
-        from teamrl.envs.host_env import HostEnvError
-
         results, errors = [], []
         for w, ref in enumerate(refs):
             try:
@@ -108,8 +107,6 @@ class RayVectorEnv:
 
     def reset(self, seeds) -> None:
         """Reset every env; ``seeds``: [E] ints (or None entries to continue the stream)."""
-        from teamrl.envs.host_env import HostEnvError
-
         if self.closed:
             raise HostEnvError("the host environments are closed")
         seeds = {e: None if s is None else int(s) for e, s in enumerate(seeds)}
@@ -118,21 +115,12 @@ class RayVectorEnv:
     def step(self, action: np.ndarray) -> None:
         """Step all envs with ``action`` [E, N] int or [E, N, A] float; results are in
         ``buffers`` afterwards."""
-        from teamrl.envs.host_env import HostEnvError
-
         if self.closed:
             raise HostEnvError("the host environments are closed")
         self.buffers.action[...] = action
         action = self.buffers.action
         self._store(self._gather([a.step.remote(action[rows[0]:rows[-1] + 1])
                                   for a, rows in zip(self.actors, self.slices)]))
-
-    def observation(self, final: bool = False):
-        from teamrl.envs.spec import TeamObs
-
-        p = "final_" if final else ""
-        return TeamObs(*(getattr(self.buffers, p + name).copy()
-                         for name in ("obs", "state", "avail", "alive")))
 
     def close(self) -> None:
         if self.closed:
@@ -144,15 +132,3 @@ class RayVectorEnv:
             except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
                 pass
             self.ray.kill(actor)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
