@@ -65,13 +65,15 @@ def test_mappo_separate_actors_reach_a_coordinated_equilibrium_on_climbing(tmp_p
 
 # Mean team reward (mean over the 3 agents) summed over 25-step episodes; x3 for the HARL /
 # JaxMARL "sum over agents" convention. Uniform-random start: about -25 (-75 summed).
-SPREAD_THRESHOLD = -21.0
+# Calibration (README, "MPE thresholds"): at 300k steps seeds 0 and 1 reached -20.8 and -19.6
+# (MAPPO), -20.5 and -20.3 (IPPO).
+SPREAD_THRESHOLD = -22.0
 
 
 @pytest.mark.parametrize("algo", ["mappo", "ippo"])
 def test_simple_spread_beats_calibrated_threshold(tmp_path, algo):
     out = tmp_path / algo
-    assert main(["train", algo, "mpe/simple_spread", f"out={out}", "total_steps=500000",
+    assert main(["train", algo, "mpe/simple_spread", f"out={out}", "total_steps=300000",
                  "seeds=2", "progress=none"]) == 0
     rows = runs.read_metrics(out)
     final = [r["return_mean"] for r in rows if r["env_steps"] == rows[-1]["env_steps"]]
