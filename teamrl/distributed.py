@@ -157,6 +157,9 @@ def is_writer() -> bool:
 
 
 DISTRIBUTED_KEYS = PLACEMENT_KEYS[1:]  # all but ``devices``
+# Settings that place a saved run on one device of one process, whatever it trained on
+# (evaluation and rendering read checkpoints, which do not depend on the topology).
+ONE_DEVICE = {"devices": "1", "coordinator": "", "num_processes": "1", "process_id": "0"}
 
 
 def initialize_from_settings(settings: dict, config_file=None) -> None:

@@ -59,8 +59,10 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
     from teamrl.cli_config import config_from_run_dir
     from teamrl.train import make_trainer
 
+    from teamrl.distributed import ONE_DEVICE
+
     run_dir = pathlib.Path(run_dir)
-    config = config_from_run_dir(run_dir, overrides or {})
+    config = config_from_run_dir(run_dir, {**ONE_DEVICE, **(overrides or {})})
     if not runs.checkpoint_exists(run_dir, checkpoint):
         checkpoint = "latest"
     episodes = episodes or config.run.eval_episodes
@@ -238,8 +240,10 @@ def render_run(run_dir, out, episodes: int = 1, deterministic: bool = True,
     if not out.parent.is_dir():
         raise ConfigError(f"render={str(out)!r}: folder {str(out.parent)!r} does not exist")
     _prepare_headless_gl()
+    from teamrl.distributed import ONE_DEVICE
+
     run_dir = pathlib.Path(run_dir)
-    config = config_from_run_dir(run_dir, {})
+    config = config_from_run_dir(run_dir, dict(ONE_DEVICE))
     env_id = config.run.env_id
     if not runs.checkpoint_exists(run_dir, checkpoint):
         checkpoint = "latest"

@@ -89,7 +89,11 @@ def test_two_processes_on_loopback_form_one_run(tmp_path):
     single = tmp_path / "single"  # (evaluation does not touch the training stream)
     assert main(["train", *SHORT, f"out={single}", "progress=none", "eval_every=0"]) == 0
     assert_close_trees(saved_train_state(single), saved_train_state(multi))
-    # The multi-process checkpoint resumes in one process and continues its step count.
+    # The multi-process run evaluates in one process (teamrl eval ignores the saved
+    # placement), and its checkpoint resumes in one process, continuing the step count.
+    from teamrl.evaluate import evaluate_run
+
+    assert np.isfinite(evaluate_run(multi, episodes=2, deterministic=True)["return_mean"])
     assert main(["resume", str(multi), "total_steps=1536", "coordinator=", "num_processes=1",
                  "progress=none"]) == 0
     meta = json.loads((multi / "checkpoints" / "latest.json").read_text())["meta"]
