@@ -11,6 +11,7 @@ own IPPO on this machine kind (~61,000 env-steps/s, 1 seed) is in ../shared/REFE
     python benchmarks/throughput.py --algos ippo --steps 500000 --seeds 1 8 --json
     python benchmarks/throughput.py --algos ippo happo hatrpo hatrpo:fisher_subsample=4 \
         a2po coppo --steps 300000 --seeds 1 8
+    python benchmarks/throughput.py --env smax/2s3z --algos mappo --steps 1000000 --seeds 1
 
 The "x IPPO" column divides by IPPO's env-steps/s with the same number of seeds, measured in
 the same invocation (so list ippo among the algorithms).
@@ -40,6 +41,12 @@ JAXMARL_IPPO_SETTINGS = {
 }
 
 
+# SMAX (--env smax/<map>): JaxMARL's MAPPO-RNN settings (128 envs x 128 steps, 4 epochs x 4
+# minibatches, FC 128 -> GRU 128, lr 2e-3) are the shipped smax/mappo preset; JaxMARL trains
+# on the whole 128-step rollout, so the chunk covers it. The reference for JaxMARL's own
+# MAPPO-RNN on smax/2s3z is ~3,200 env-steps/s on this machine kind (REFERENCE.md §6).
+SMAX_JAXMARL_MAPPO_RNN = {"chunk_length": 128, "progress": "none"}
+
 # JaxMARL's IPPO shares one actor; the sequential methods need one actor per agent.
 FOUNDATION_SHARED = {"ippo", "mappo"}
 
@@ -55,9 +62,12 @@ def measure(spec: str, env_id: str, steps: int, seeds: int) -> dict:
     config = base_config(algo, env_id)
     known = {f.name for section in config.sections().values()
              for f in dataclasses.fields(section)}
-    settings = {k: v for k, v in JAXMARL_IPPO_SETTINGS.items() if k in known}
-    if algo in FOUNDATION_SHARED:
-        settings["share_actor"] = "true"
+    if env_id.startswith("smax/"):
+        settings = dict(SMAX_JAXMARL_MAPPO_RNN)
+    else:
+        settings = {k: v for k, v in JAXMARL_IPPO_SETTINGS.items() if k in known}
+        if algo in FOUNDATION_SHARED:
+            settings["share_actor"] = "true"
     apply_overrides(config, {**settings, **extra, "total_steps": steps, "seeds": seeds})
     trainer = Trainer(config)
     runner = trainer.init()
@@ -71,11 +81,15 @@ def measure(spec: str, env_id: str, steps: int, seeds: int) -> dict:
     elapsed = time.perf_counter() - start
     env_steps = updates * config.run.num_envs * config.run.rollout_length
     tail = slice(-max(updates // 20, 1), None)  # the last 5 % of updates
-    final = float(np.sum(metrics["return_sum"][:, tail]) / max(np.sum(metrics["episodes"][:, tail]), 1))
-    return {"algo": spec, "env": env_id, "seeds": seeds, "env_steps": env_steps,
-            "env_steps_per_s": round(env_steps * seeds / elapsed, 1),
-            "compile_s": round(compile_s, 2), "final_return": round(final, 3),
-            "share_actor": bool(config.algo.share_actor)}
+    episodes = max(np.sum(metrics["episodes"][:, tail]), 1)
+    final = float(np.sum(metrics["return_sum"][:, tail]) / episodes)
+    row = {"algo": spec, "env": env_id, "seeds": seeds, "env_steps": env_steps,
+           "env_steps_per_s": round(env_steps * seeds / elapsed, 1),
+           "compile_s": round(compile_s, 2), "final_return": round(final, 3),
+           "share_actor": bool(config.algo.share_actor)}
+    if "win_sum" in metrics:
+        row["final_win_rate"] = round(float(np.sum(metrics["win_sum"][:, tail]) / episodes), 3)
+    return row
 
 
 def main():
@@ -102,9 +116,10 @@ def main():
             ratio = r["env_steps_per_s"] / base[r["algo"]] if r["algo"] in base else float("nan")
             vs_ippo = (r["env_steps_per_s"] / ippo[r["seeds"]] if r["seeds"] in ippo
                        else float("nan"))
+            win = f"  win rate {r['final_win_rate']:.2f}" if "final_win_rate" in r else ""
             print(f"{r['algo']:26s} {r['seeds']:5d} {r['env_steps']:10,d} "
                   f"{r['env_steps_per_s']:12,.0f} {ratio:8.2f} {vs_ippo:7.2f} "
-                  f"{r['compile_s']:9.1f} {r['final_return']:12.2f}")
+                  f"{r['compile_s']:9.1f} {r['final_return']:12.2f}{win}")
         print("final return: mean over the last 5% of updates' finished episodes, team reward "
               "= mean of the agents' rewards, 25-step episodes (x3 for JaxMARL's logged convention)")
 

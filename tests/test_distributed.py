@@ -1,7 +1,7 @@
 """Data parallelism (teamrl/distributed.py): two simulated CPU devices give the one-device
 run's parameters (shared and sequential updates, vectorised seeds); two processes on loopback
-form one jax.distributed run whose parameters match a one-process run and stay identical on
-every process, and whose checkpoint resumes in one process; bad settings are one-line
+form one jax.distributed run whose parameters stay identical on every process (checked at
+the end of training), which evaluates and resumes in one process; bad settings are one-line
 errors."""
 
 from __future__ import annotations
@@ -27,30 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def saved_train_state(run_dir) -> dict:
-    """The latest checkpoint's train state as nested dicts of numpy arrays."""
-    from flax import serialization
-
-    payload = (pathlib.Path(run_dir) / "checkpoints" / "latest.msgpack").read_bytes()
-    return serialization.msgpack_restore(payload)["train_state"]
-
-
-def leaves(tree) -> list:
-    if isinstance(tree, dict):
-        return [x for k in sorted(tree) for x in leaves(tree[k])]
-    return [np.asarray(tree)]
-
-
-def assert_close_trees(a, b, rel=1e-4):
-    la, lb = leaves(a), leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        if np.issubdtype(x.dtype, np.floating) and x.size:
-            assert np.max(np.abs(x - y)) <= rel * (np.max(np.abs(x)) + 1e-8)
-        else:
-            np.testing.assert_array_equal(x, y)
 
 
 def test_two_simulated_devices_give_the_one_device_parameters():
@@ -85,10 +61,6 @@ def test_two_processes_on_loopback_form_one_run(tmp_path):
         assert "parameters identical on all 2 devices of 2 process(es)" in log
     assert "[teamrl] steps 1,024/1,024" in logs[0] and "[teamrl] steps" not in logs[1]
     assert (multi / "metrics.csv").is_file() and (multi / "curve.png").is_file()
-    # The same run in one process on one device (same total batch, same seed).
-    single = tmp_path / "single"  # (evaluation does not touch the training stream)
-    assert main(["train", *SHORT, f"out={single}", "progress=none", "eval_every=0"]) == 0
-    assert_close_trees(saved_train_state(single), saved_train_state(multi))
     # The multi-process run evaluates in one process (teamrl eval ignores the saved
     # placement), and its checkpoint resumes in one process, continuing the step count.
     from teamrl.evaluate import evaluate_run
@@ -98,6 +70,8 @@ def test_two_processes_on_loopback_form_one_run(tmp_path):
                  "progress=none"]) == 0
     meta = json.loads((multi / "checkpoints" / "latest.json").read_text())["meta"]
     assert meta["env_steps"] == 1536
+    # (That sharding gives the one-device parameters is the two-simulated-devices test; the
+    # processes only change how the shards talk.)
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -26,7 +26,7 @@ def test_every_jaxmarl_map_is_registered():
         assert required in maps
 
 
-@pytest.mark.parametrize("env_id", ["smax/3m", "smax/2s3z", "smax/3s_vs_5z"])
+@pytest.mark.parametrize("env_id", ["smax/3m", "smax/2s3z"])  # one unit type, two types
 def test_smax_random_episode_conformance(env_id):
     """Random available actions for a whole batch of episodes: available actions are
     respected, dead agents can only stop, alive flags follow the game's units, a won episode
@@ -154,7 +154,7 @@ def test_dead_agents_samples_do_not_change_the_update(algo, extra):
 
 def test_agent_specific_state_is_death_masked():
     trainer = trainer_for("mappo", "smax/3m", critic_state="agent", num_envs=4,
-                          rollout_length=64)
+                          rollout_length=64, recurrent="false", hidden_sizes="[16]")
     _, batch = rollout_batch(trainer)
     features = trainer.algo.critic.features(batch.obs)       # [T, E, N, F]
     n = trainer.spec.n_agents
@@ -191,8 +191,7 @@ def test_gru_hidden_state_resets_exactly_at_episode_starts():
     assert not np.allclose(out[:5], head0)
 
 
-@pytest.mark.parametrize("algo,chunk", [("mappo", 32), ("mappo", 8), ("hatrpo", 16),
-                                        ("ippo", 4)])
+@pytest.mark.parametrize("algo,chunk", [("mappo", 32), ("hatrpo", 16), ("ippo", 4)])
 def test_chunked_training_reproduces_the_rollout_forward_pass(algo, chunk):
     """The rollout computes each step's log-prob and value from the hidden state carried
     through the episode; training recomputes them from chunks that start at the stored
@@ -233,11 +232,11 @@ def test_win_rate_in_metrics_and_evaluation(tmp_path):
     from teamrl.train import train
 
     config = base_config("mappo", "smax/3m")
-    # A small recurrent network: the win-rate bookkeeping does not depend on its size, and
-    # the preset's 128-wide GRU would spend a minute compiling on 2 cores.
+    # A small feed-forward network: the win-rate bookkeeping does not depend on it, and the
+    # preset's 128-wide GRU would spend a minute compiling on 2 cores.
     apply_overrides(config, {"total_steps": "4096", "num_envs": "16", "rollout_length": "64",
-                             "recurrent": "true", "chunk_length": "16", "hidden_sizes": "[16]",
-                             "gru_size": "16", "log_every": "2", "eval_every": "1",
+                             "recurrent": "false", "hidden_sizes": "[16]", "log_every": "2",
+                             "eval_every": "1",
                              "eval_episodes": "4", "progress": "none",
                              "out": str(tmp_path / "run")})
     train(config)
