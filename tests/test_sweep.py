@@ -301,16 +301,14 @@ def _leaves(tree):
 
 
 def test_ray_backend_runs_the_same_sweep_with_the_same_results(swept, tmp_path):
-    """backend=ray on a local Ray instance: MAPPO's two runs of the sweep as Ray tasks, the
-    same folders, logs and report, and bitwise the parameters of the local backend's runs
-    (one of which was interrupted and resumed there); a second call skips them."""
-    file = write_sweep(tmp_path / "sweep.yaml", tmp_path / "out", algos=["mappo"])
+    """backend=ray on a local Ray instance: the sweep's four runs as Ray tasks, the same
+    folders, logs and report, and bitwise the parameters of the local backend's runs (one of
+    which was interrupted and resumed there); a second call skips them all."""
+    file = write_sweep(tmp_path / "sweep.yaml", tmp_path / "out")
     code, out, err = run_main(["sweep", str(file), "jobs=2", "backend=ray"])
     assert code == 0, err
-    assert "sweep on Ray: 1 node(s)" in out and "(0 finished, 0 to resume, 2 to train)" in out
+    assert "sweep on Ray: 1 node(s)" in out and "(0 finished, 0 to resume, 4 to train)" in out
     for local in sweep.plan_runs(sweep.load_sweep(swept["file"])):
-        if local.algo != "mappo":
-            continue
         on_ray = tmp_path / "out" / local.run_dir.name
         assert (on_ray / "curve.png").is_file()
         assert "teamrl train " in (tmp_path / "out" / "logs" / f"{local.name}.log").read_text()
@@ -318,7 +316,7 @@ def test_ray_backend_runs_the_same_sweep_with_the_same_results(swept, tmp_path):
             np.testing.assert_array_equal(a, b)
     assert (tmp_path / "out" / "report" / "summary.md").is_file()
     code, out, _ = run_main(["sweep", str(file), "backend=ray"])
-    assert code == 0 and "(2 finished, 0 to resume, 0 to train)" in out
+    assert code == 0 and "(4 finished, 0 to resume, 0 to train)" in out
 
 
 def test_ray_backend_settings_are_checked(tmp_path):
