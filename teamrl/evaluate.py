@@ -72,6 +72,8 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
         keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(trainer.seed_keys())
         returns, won = (np.asarray(x) for x in trainer.evaluation_returns(
             runner.train_state, keys, episodes, deterministic))
+        # Host envs' further episode metrics (football's goals, passes, ...): {name: [S, n]}.
+        extra = dict(getattr(trainer, "last_eval_metrics", {}))
     finally:
         trainer.close()
     result = {"checkpoint": checkpoint, "env_steps": meta.get("env_steps"),
@@ -83,13 +85,24 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
                                 "return_max": float(np.max(r))})
         if trainer.spec.has_wins:
             result["seeds"][-1]["win_rate"] = float(np.nanmean(won[s]))
+        for metric, values in extra.items():
+            result["seeds"][-1][metric] = _nanmean(values[s])
     result["return_mean"] = float(np.mean(returns))
     if trainer.spec.has_wins:
         result["win_rate"] = float(np.nanmean(won))
+    for metric, values in extra.items():
+        result[metric] = _nanmean(values)
     name = f"eval_{checkpoint}_{'det' if deterministic else 'stoch'}.json"
     (run_dir / name).write_text(json.dumps(result, indent=2))
     result["file"] = str(run_dir / name)
     return result
+
+
+def _nanmean(values) -> float | None:
+    """Mean over the defined (non-NaN) values; None (JSON null) when there is none."""
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
 
 
 # ================================================================================ rendering

@@ -62,6 +62,10 @@ class EpisodeStats(NamedTuple):
     return_max: jax.Array
     count: jax.Array
     win_count: jax.Array = 0  # finished episodes that were won (envs with ``has_wins``)
+    # Host envs with episode metrics: [K] sums over finished episodes of each metric of
+    # ``TeamSpec.episode_metrics`` and [K] counts of the episodes where it was defined.
+    metric_sum: object = ()
+    metric_count: object = ()
 
 
 class RolloutCarry(NamedTuple):
@@ -233,7 +237,9 @@ class HostCollector:
 
         start = time.perf_counter()
         b = self.vec.buffers
+        names = self.vec.layout.metric_names
         finished = np.full((self.T, self.S * self.E), np.nan)
+        metrics = np.full((self.T, self.S * self.E, max(len(names), 1)), np.nan, np.float32)
         act_time = 0.0
         for t in range(self.T):
             for name, store in zip(("obs", "state", "avail", "alive"), self.obs):
@@ -252,6 +258,7 @@ class HostCollector:
             self.episode_return += b.reward
             done = b.terminated | b.truncated
             finished[t, done] = self.episode_return[done]
+            metrics[t, done] = b.episode_metrics[done]
             self.episode_return[done] = 0.0
         per_seed = self._per_seed(finished.T)  # [S, E, T]
         mask = ~np.isnan(per_seed)
@@ -260,6 +267,16 @@ class HostCollector:
             return_min=np.where(mask, per_seed, np.inf).min(axis=(1, 2)).astype(np.float32),
             return_max=np.where(mask, per_seed, -np.inf).max(axis=(1, 2)).astype(np.float32),
             count=mask.sum(axis=(1, 2)).astype(np.int32))
+        if names:
+            values = self._per_seed(metrics.transpose(1, 0, 2))  # [S, E, T, K]
+            defined = ~np.isnan(values)
+            sums = np.where(defined, values, 0.0).sum(axis=(1, 2))  # [S, K]
+            counts = defined.sum(axis=(1, 2))
+            if "won" in names:
+                stats = stats._replace(win_count=sums[:, names.index("won")].astype(np.int32))
+            keep = [i for i, n in enumerate(names) if n != "won"]
+            stats = stats._replace(metric_sum=sums[:, keep].astype(np.float32),
+                                   metric_count=counts[:, keep].astype(np.int32))
         self.timings["rollout"] += time.perf_counter() - start
         self.timings["act"] += act_time
         return (self.obs, self.final_obs, self.action, self.log_prob, self.reward,

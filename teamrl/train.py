@@ -221,6 +221,12 @@ class Trainer:
             return self._sharded_chunk(num_updates)(runner)
         return self._chunk(runner, num_updates)
 
+    def eval_names(self) -> list[str]:
+        """The metrics.csv columns of :meth:`evaluate`'s result, in order."""
+        names = ["return"] + (["win_rate"] if self.spec.has_wins else []) + list(
+            self.spec.episode_metrics)
+        return [f"eval_{name}_{suffix}" for name in names for suffix in ("det", "stoch")]
+
     def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
         """(returns, won) [S, episodes] of the first episode of ``episodes`` envs per seed."""
         from teamrl.evaluate import episode_returns
@@ -336,6 +342,11 @@ class HostTrainer(Trainer):
                                             + time.perf_counter() - t0)
         metrics.update(episodes=stats.count, return_sum=stats.return_sum,
                        return_min=stats.return_min, return_max=stats.return_max)
+        if self.spec.has_wins:
+            metrics["win_sum"] = stats.win_count
+        for k, name in enumerate(self.spec.episode_metrics):
+            metrics[EPISODE_SUM + name] = stats.metric_sum[:, k]
+            metrics[EPISODE_COUNT + name] = stats.metric_count[:, k]
         return Runner(ts, None, next_key, runner.updates + 1), metrics
 
     def compile_chunk(self, runner: Runner, num_updates: int):
@@ -362,8 +373,9 @@ class HostTrainer(Trainer):
 
     def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
         """(returns, won) [S, episodes] of the first episode of ``episodes`` fresh host envs
-        per seed (fixed start seeds, apart from the training envs; host envs have no wins,
-        so won is all 0)."""
+        per seed (fixed start seeds, apart from the training envs). ``won`` is the env's
+        "won" metric (0 for envs without one). The first episodes' other metrics are left in
+        ``self.last_eval_metrics`` ({name: [S, episodes]})."""
         import numpy as np
 
         S = self.config.run.seeds
@@ -380,8 +392,10 @@ class HostTrainer(Trainer):
         vec = self._eval_env
         vec.reset([2**30 + (self.config.run.seed + s) * 100_003 + e
                    for s in range(S) for e in range(episodes)])
+        names = vec.layout.metric_names
         running = np.zeros(S * episodes)
         final = np.full(S * episodes, np.nan)
+        metrics = np.full((S * episodes, max(len(names), 1)), np.nan)
         limit = self.spec.max_steps or 100_000
         for t in range(limit):
             obs = vec.observation()
@@ -393,10 +407,14 @@ class HostTrainer(Trainer):
             running += b.reward
             done = (b.terminated | b.truncated) & np.isnan(final)
             final[done] = running[done]
+            metrics[done] = b.episode_metrics[done]
             if not np.isnan(final).any():
                 break
-        return final.reshape(S, episodes), np.where(np.isnan(final), np.nan, 0.0).reshape(
-            S, episodes)
+        self.last_eval_metrics = {n: metrics[:, k].reshape(S, episodes)
+                                  for k, n in enumerate(names)}
+        won = (self.last_eval_metrics.pop("won") if "won" in names
+               else np.where(np.isnan(final), np.nan, 0.0).reshape(S, episodes))
+        return final.reshape(S, episodes), won
 
     def evaluate(self, runner: Runner, episodes: int) -> dict:
         import numpy as np
@@ -404,16 +422,33 @@ class HostTrainer(Trainer):
         keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(runner.key)
         det_keys, stoch_keys = (jax.vmap(lambda k: jax.random.split(k)[i])(keys)
                                 for i in (0, 1))
-        return {"eval_return_det": np.nanmean(self.evaluation_returns(
-                    runner.train_state, det_keys, episodes, True)[0], axis=1),
-                "eval_return_stoch": np.nanmean(self.evaluation_returns(
-                    runner.train_state, stoch_keys, episodes, False)[0], axis=1)}
+        result = {}
+        for suffix, keys, deterministic in (("det", det_keys, True),
+                                            ("stoch", stoch_keys, False)):
+            returns, won = self.evaluation_returns(runner.train_state, keys, episodes,
+                                                   deterministic)
+            result[f"eval_return_{suffix}"] = np.nanmean(returns, axis=1)
+            if self.spec.has_wins:
+                result[f"eval_win_rate_{suffix}"] = np.nanmean(won, axis=1)
+            for name, values in self.last_eval_metrics.items():
+                result[f"eval_{name}_{suffix}"] = _nanmean_rows(values)
+        return result
 
     def close(self) -> None:
         if self._collector is not None:
             self._collector.close()
         if self._eval_env is not None:
             self._eval_env.close()
+
+
+def _nanmean_rows(values):
+    """Row means ignoring NaN ([S, episodes] -> [S]; NaN for rows with no defined value)."""
+    import numpy as np
+
+    defined = ~np.isnan(values)
+    counts = defined.sum(axis=1)
+    return np.where(counts > 0, np.where(defined, values, 0.0).sum(axis=1)
+                    / np.maximum(counts, 1), np.nan)
 
 
 # =============================================================================== host loop
@@ -427,6 +462,13 @@ class TrainingDiverged(TrainingStopped):
 
 _NOT_LOSSES = {"params_finite", "episodes", "return_sum", "return_min", "return_max",
                "win_sum"}
+# Host envs' episode metrics travel as per-update sums and counts under these prefixes;
+# chunk_rows turns them into per-episode means (NaN in chunks where none was defined).
+EPISODE_SUM, EPISODE_COUNT = "episode_sum/", "episode_count/"
+
+
+def _is_loss(name: str) -> bool:
+    return name not in _NOT_LOSSES and not name.startswith((EPISODE_SUM, EPISODE_COUNT))
 
 
 def _first_nonfinite(metrics: dict, start_update: int, seeds: list[int]) -> str | None:
@@ -435,7 +477,7 @@ def _first_nonfinite(metrics: dict, start_update: int, seeds: list[int]) -> str 
 
     bad = {}
     for name, values in metrics.items():
-        if name in _NOT_LOSSES and name != "params_finite":
+        if not _is_loss(name) and name != "params_finite":
             continue
         values = np.asarray(values)
         flags = ~values.astype(bool) if name == "params_finite" else ~np.isfinite(values)
@@ -471,7 +513,12 @@ def chunk_rows(metrics: dict, config: Config, updates_done: int, wall_time: floa
         if "win_sum" in metrics:
             row["win_rate"] = float(np.sum(metrics["win_sum"][s]) / count) if count else math.nan
         for name, values in metrics.items():
-            if name not in _NOT_LOSSES:
+            if name.startswith(EPISODE_SUM):
+                defined = float(np.sum(metrics[EPISODE_COUNT + name[len(EPISODE_SUM):]][s]))
+                row[name[len(EPISODE_SUM):]] = (float(np.sum(values[s])) / defined if defined
+                                                else math.nan)
+        for name, values in metrics.items():
+            if _is_loss(name):
                 row[name] = float(np.mean(values[s]))
         rows.append(row)
     return rows
@@ -596,9 +643,7 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
                 evaluation = (jax.tree.map(np.asarray, trainer.evaluate(runner,
                                                                         run.eval_episodes))
                               if due else None)
-                names = ["eval_return_det", "eval_return_stoch"]
-                if trainer.spec.has_wins:
-                    names += ["eval_win_rate_det", "eval_win_rate_stoch"]
+                names = trainer.eval_names()
                 for s, row in enumerate(rows):
                     for name in names:
                         row[name] = float(evaluation[name][s]) if due else math.nan

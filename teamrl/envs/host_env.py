@@ -99,7 +99,8 @@ def inspect_env(env, env_id: str, agent_id: bool, team_reward: str, max_steps: i
         action_low=() if discrete else padded(lows),
         action_high=() if discrete else padded(highs),
         agent_id=agent_id, max_steps=int(max_steps), team_reward=team_reward,
-        state_source=state_source, obs_key=obs_key, mask_key=mask_key)
+        state_source=state_source, obs_key=obs_key, mask_key=mask_key,
+        metric_names=tuple(str(n) for n in getattr(env, "episode_metric_names", ())))
 
 
 @contextlib.contextmanager
@@ -160,7 +161,8 @@ class HostTeamEnv:
             action_kind="discrete" if lay.discrete else "continuous",
             action_dims=lay.action_dims, action_low=lay.action_low,
             action_high=lay.action_high, max_steps=int(max_steps or episode_limit),
-            agent_id=agent_id)
+            agent_id=agent_id, has_wins="won" in lay.metric_names,
+            episode_metrics=tuple(n for n in lay.metric_names if n != "won"))
 
     def vector(self, num_envs: int, workers: int | None = None) -> "HostVectorEnv":
         """``num_envs`` envs over ``workers`` workers (default: the env's ``workers``) of the

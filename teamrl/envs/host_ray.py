@@ -21,7 +21,7 @@ from teamrl.envs.host_worker import EnvRecipe, TeamAdapter, TeamBuffers, TeamLay
 
 # The rows an actor sends back after reset and step (everything but the actions).
 RETURNED = ("obs", "state", "avail", "alive", "final_obs", "final_state", "final_avail",
-            "final_alive", "reward", "terminated", "truncated")
+            "final_alive", "reward", "terminated", "truncated", "episode_metrics")
 
 
 class EnvSlice:

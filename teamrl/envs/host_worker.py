@@ -58,6 +58,9 @@ class TeamLayout:
     state_source: str        # "env" (env.state()) or "concat" (concatenated observations)
     obs_key: str | None      # Dict observations: the key holding the observation vector
     mask_key: str | None     # Dict observations: the key holding the action mask
+    # Per-episode metrics the env reports at each episode's end (its ``episode_metric_names``
+    # and ``episode_metrics()``, e.g. football's goals and passes); "won" gives win rates.
+    metric_names: tuple = ()
 
     @property
     def n_agents(self) -> int:
@@ -77,7 +80,9 @@ class TeamLayout:
                 + [("action", (E, N) if self.discrete else (E, N, A),
                     "int32" if self.discrete else "float32"),
                    ("reward", (E,), "float32"), ("terminated", (E,), "bool"),
-                   ("truncated", (E,), "bool")])
+                   ("truncated", (E,), "bool"),
+                   # Written when an episode ends (terminated | truncated), NaN if unknown.
+                   ("episode_metrics", (E, max(len(self.metric_names), 1)), "float32")])
 
 
 class TeamBuffers:
@@ -193,6 +198,9 @@ class TeamAdapter:
         # The final observation: every agent that acted this step is still "alive" in it.
         self._write("final_", observations, alive)
         if over or at_limit:
+            if lay.metric_names:
+                values = self.env.episode_metrics()
+                b.episode_metrics[e] = [values.get(n, np.nan) for n in lay.metric_names]
             self.reset(None)
             return
         self.alive = [a and not f for a, f in zip(alive, finished)]

@@ -130,6 +130,19 @@ class GymnasiumOptions(HostOptions):
                             "env's own TimeLimit (0: the env's own only)", low=0)
 
 
+@dataclass
+class FootballOptions(HostOptions):
+    """Options of Google Research Football ``football/<scenario>`` (``teamrl install
+    football`` builds it)."""
+
+    players: int = option(0, "controlled left-team players (0: the scenario's default, "
+                          "HARL's setting)", low=0)
+    representation: str = option("simple115v2", "observation vector per player",
+                                 choices=["simple115v2", "simple115"])
+    rewards: str = option("scoring", "reward: goals only, or plus gfootball's checkpoint "
+                          "shaping", choices=["scoring", "scoring,checkpoints"])
+
+
 @dataclass(frozen=True)
 class EnvEntry:
     env_id: str
@@ -256,6 +269,27 @@ def _mamujoco_builder(scenario: str, agent_conf: str):
     return build
 
 
+def _football_builder(scenario: str):
+    def build(opts: FootballOptions):
+        from teamrl.envs.football import SCENARIOS, game_duration
+        from teamrl.envs.host_worker import EnvRecipe
+
+        default, most, _ = SCENARIOS[scenario]
+        players = opts.players or default
+        if players > most:
+            raise ConfigError(f"players={players} is not valid for football/{scenario}; "
+                              f"valid: 1..{most}")
+        recipe = EnvRecipe("teamrl.envs.football", "make_parallel_env",
+                           {"scenario": scenario, "players": players,
+                            "representation": opts.representation, "rewards": opts.rewards})
+        # gfootball ends every episode itself, at the latest when its clock has run
+        # game_duration frames: game_duration + 1 steps, the clock starting before the first.
+        return recipe, {**opts.host_settings(), "max_steps": 0,
+                        "episode_limit": game_duration(scenario) + 1}
+
+    return build
+
+
 def _pettingzoo_builder(module: str):
     def build(opts: PettingZooOptions):
         import importlib
@@ -327,6 +361,13 @@ def _host_entries() -> dict[str, EnvEntry]:
         env_id = f"mamujoco/{scenario}-{conf}"
         entries[env_id] = EnvEntry(env_id, f"MaMuJoCo {scenario} split {conf} (host, MuJoCo)",
                                    MaMuJoCoOptions, _mamujoco_builder(scenario, conf), host=True)
+    from teamrl.envs.football import SCENARIOS
+
+    for scenario, (default, most, text) in SCENARIOS.items():
+        entries[f"football/{scenario}"] = EnvEntry(
+            f"football/{scenario}", f"Google Research Football: {text} ({default} of at most "
+            f"{most} players controlled; host)", FootballOptions, _football_builder(scenario),
+            host=True)
     for gym_id, text in GYMNASIUM_LISTED.items():
         entries[f"gymnasium/{gym_id}"] = EnvEntry(
             f"gymnasium/{gym_id}", f"Gymnasium {text}, one agent (host)", GymnasiumOptions,

@@ -31,6 +31,8 @@ class TeamSpec:
         max_steps: episode time limit (reaching it is truncation, not termination).
         agent_id: whether a one-hot agent id is appended to each observation.
         has_wins: the env reports whether an episode was won (SMAX); win rates are logged.
+        episode_metrics: names of further per-episode metrics a host env reports at each
+            episode's end (football: goals, passes, ...); their means are logged.
     """
 
     env_id: str
@@ -45,6 +47,7 @@ class TeamSpec:
     max_steps: int = 1
     agent_id: bool = False
     has_wins: bool = False
+    episode_metrics: tuple[str, ...] = ()
 
     @property
     def n_agents(self) -> int:
