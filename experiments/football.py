@@ -74,8 +74,10 @@ def main(argv=None):
     results, run_dirs = {}, []
     start = time.time()
     for algo in args.algos:
+        # Evaluation during training: 10 episodes per seed every 10 log rows (the presets'
+        # 100 episodes per evaluation would cost more env steps than the training budget).
         settings = {"seeds": str(args.seeds), "total_steps": str(args.steps),
-                    "workers": str(args.workers)}
+                    "workers": str(args.workers), "eval_episodes": "10", "eval_every": "10"}
         run_dir = Path(args.runs) / f"{SCENARIO}_{algo}_steps{args.steps}_seeds{args.seeds}"
         if args.report_only:
             require_saved_run(run_dir, algo, env_id, settings)
