@@ -52,10 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("claim", "where", "ours", "published", "budget", "seeds")
 EXIT_NO_SAVED_RUNS = 3
 ORDER = ["proposition1", "monotonic_improvement", "advantage_decomposition", "product_game",
-         "mpe_comparison", "mpe_decentralised", "mamujoco", "single_agent",
+         "mpe_comparison", "mpe_decentralised", "mamujoco", "smax", "football", "single_agent",
          "decentralised_tabular"]
-REPORT_ONLY = ["proposition1", "mpe_comparison", "mamujoco", "decentralised_tabular",
-               "decentralised_deep"]
+REPORT_ONLY = ["proposition1", "mpe_comparison", "mamujoco", "smax", "football",
+               "decentralised_tabular", "decentralised_deep"]
 STATIC = {
     "advantage_decomposition": [{
         "claim": "Multi-agent advantage decomposition lemma (Kuba et al. 2022)",

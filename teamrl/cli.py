@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run evaluation episodes with RUN_DIR's best (else latest) "
                                    "checkpoint; writes eval_*.json in the run folder. With "
                                    "render=FILE.gif|FILE.mp4, renders episodes (default 1) of "
-                                   "seed 0 instead (MaMuJoCo offscreen via EGL, PettingZoo "
+                                   "seed 0 instead (MaMuJoCo offscreen via EGL, football "
+                                   "through gfootball's offscreen renderer, PettingZoo "
                                    "rgb_array, MPE); .mp4 needs pip install 'teamrl[render]'.")
     e.add_argument("run_dir")
     e.add_argument("settings", nargs="*", metavar="key=value",

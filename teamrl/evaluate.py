@@ -272,8 +272,8 @@ def render_run(run_dir, out, episodes: int = 1, deterministic: bool = True,
             frames, returns = _mpe_frames(trainer, train_state, episodes, deterministic, key)
             fps = fps or 10
         else:
-            raise ConfigError(f"{env_id} has no renderer; valid: mamujoco/*, pettingzoo/* "
-                              "envs with render_mode='rgb_array', mpe/*")
+            raise ConfigError(f"{env_id} has no renderer; valid: mamujoco/*, football/*, "
+                              "pettingzoo/* envs with render_mode='rgb_array', mpe/*")
     finally:
         trainer.close()
     import imageio.v2 as imageio
