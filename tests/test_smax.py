@@ -41,7 +41,6 @@ def test_smax_random_episode_conformance(env_id):
     state, obs = jax.vmap(team.reset)(keys)
     step = jax.jit(jax.vmap(team.step))
     saw_death = saw_end = False
-    wins = 0
     for t in range(spec.max_steps):
         key = jax.random.fold_in(jax.random.PRNGKey(1), t)
         assert np.asarray(obs.avail).any(-1).all()
@@ -61,15 +60,12 @@ def test_smax_random_episode_conformance(env_id):
         assert not (won & ~ended).any()
         if ended.any():
             saw_end = True
-        wins += int(won.sum())
         for e in np.flatnonzero(won):
             assert final_alive[e].any()
             assert float(out.reward[e]) >= env.won_battle_bonus  # damage reward + win bonus
         obs = out.next_obs
     assert saw_death and saw_end
     assert obs.state.shape == (num_envs, spec.state_dim)
-    if env_id == "smax/3m":
-        assert wins >= 0  # random play rarely wins 3m; counted, not required
 
 
 def test_smax_options_reach_the_game():
@@ -247,3 +243,4 @@ def test_win_rate_in_metrics_and_evaluation(tmp_path):
         values = [float(r[name]) for r in rows]
         assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v)), name
     assert any(not np.isnan(float(r["win_rate"])) for r in rows)
+
