@@ -136,6 +136,11 @@ def results_rows(args, results) -> list[str]:
 
 
 def write_markdown(path: Path, args, results, code: str, wall: float):
+    # The code and training time of the runs themselves (a --report-only rebuild trains
+    # nothing, so its own version and duration say nothing about the numbers).
+    trained = [r for r in results.values() if "wall_s" in r]
+    code = ", ".join(sorted({r.get("code") or code for r in trained})) or code
+    wall = sum(r["wall_s"] for r in trained) or wall
     lines = [
         f"# Google Research Football: {', '.join(NAMES[a] for a in args.algos)} on {SCENARIO}",
         "",
@@ -144,7 +149,7 @@ def write_markdown(path: Path, args, results, code: str, wall: float):
         "settings; A2PO's from its code), gfootball 2.10.2, simple115v2 observations, 3 "
         f"controlled players, envs stepped by {args.workers} worker processes on this 2-core "
         f"machine. Budget: **{args.steps:,} env steps per seed**, {args.seeds} seeds "
-        f"({wall / 3600:.1f} h for this invocation): gfootball steps a few hundred times a "
+        f"({wall / 3600:.1f} h of training in all): gfootball steps a few hundred times a "
         "second per core, so this is the largest budget one session affords. HARL's numbers "
         "are at **25M** steps: ours are early points of the same curves, not final "
         "performance.", ""]

@@ -140,12 +140,17 @@ def results_rows(args, results) -> list[str]:
 
 
 def write_markdown(path: Path, args, results, code: str, wall: float):
+    # The code and training time of the runs themselves (a --report-only rebuild trains
+    # nothing, so its own version and duration say nothing about the numbers).
+    trained = [r for r in results.values() if "wall_s" in r]
+    code = ", ".join(sorted({r.get("code") or code for r in trained})) or code
+    wall = sum(r["wall_s"] for r in trained) or wall
     lines = [
         "# SMAX: " + ", ".join(NAMES[a] for a in args.algos) + " (recurrent)", "",
         f"`python experiments/smax.py --steps {args.steps} --seeds {args.seeds} --maps "
         f"{' '.join(args.maps)}` (code {code}); shipped `smax` presets, every policy and "
         f"critic a GRU, {args.seeds} seeds in one compiled program per run on this 2-core "
-        f"machine ({wall / 3600:.1f} h for this invocation). SMAX is jaxmarl's compiled "
+        f"machine ({wall / 3600:.1f} h of training in all). SMAX is jaxmarl's compiled "
         "SMAC with a heuristic enemy, so SMAC's published win rates (StarCraft II's AI) are "
         "for orientation only.", ""]
     if args.note:
