@@ -55,3 +55,18 @@ def train_or_skip(run_dir: Path, algo: str, env_id: str, settings: dict, code: s
               "env_steps": summary.get("env_steps"), "steps_per_s": summary.get("steps_per_s")}
     done.write_text(json.dumps(record, indent=2))
     return {**record, "skipped": False}
+
+
+def final_column(run_dir: Path, column: str) -> list[float]:
+    """Per seed: mean of metrics.csv ``column`` over the last 10 % of log rows where it is
+    defined (e.g. a final training return or win rate)."""
+    import numpy as np
+
+    from teamrl.runs import read_metrics
+
+    per_seed: dict = {}
+    for row in read_metrics(run_dir):
+        value = row.get(column)
+        if value is not None and np.isfinite(value):
+            per_seed.setdefault(int(row["seed"]), []).append(value)
+    return [float(np.mean(v[-max(1, len(v) // 10):])) for _, v in sorted(per_seed.items())]

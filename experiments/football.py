@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, train_or_skip
+from experiment_runs import code_version, final_column, train_or_skip
 from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,18 +35,6 @@ NAMES = {"mappo": "MAPPO", "happo": "HAPPO", "a2po": "A2PO"}
 SCENARIO = "academy_3_vs_1_with_keeper"
 # Evaluation score rate at 25M env steps (HARL, REFERENCE.md §5); A2PO reports none here.
 PUBLISHED = {"happo": "94.7 %", "mappo": "88.0 %"}
-
-
-def final_training(run_dir: Path, column: str) -> list[float]:
-    """Per seed: mean of ``column`` over the last 10 % of log rows where it is defined."""
-    from teamrl.runs import read_metrics
-
-    per_seed: dict = {}
-    for row in read_metrics(run_dir):
-        value = row.get(column)
-        if value is not None and np.isfinite(value):
-            per_seed.setdefault(int(row["seed"]), []).append(value)
-    return [float(np.mean(v[-max(1, len(v) // 10):])) for _, v in sorted(per_seed.items())]
 
 
 def main(argv=None):
@@ -91,7 +79,7 @@ def main(argv=None):
             continue
         run_dirs.append(run_dir)
         results[algo] = {
-            "train_score_rate": final_training(run_dir, "score_rate"),
+            "train_score_rate": final_column(run_dir, "score_rate"),
             "eval_score_rate": [s["score_rate"] for s in stoch["seeds"]],
             "eval_goals_for": [s["goals_for"] for s in stoch["seeds"]],
             "eval_passes": [s["passes"] for s in stoch["seeds"]],

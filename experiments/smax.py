@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, train_or_skip
+from experiment_runs import code_version, final_column, train_or_skip
 from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,18 +40,6 @@ MAPS = ["3m", "2s3z", "5m_vs_6m"]
 NAMES = {"mappo": "MAPPO", "happo": "HAPPO", "hatrpo": "HATRPO", "a2po": "A2PO"}
 # SMAC (StarCraft II) evaluation win rates, HARL at 10M steps (REFERENCE.md §5).
 PUBLISHED = {("5m_vs_6m", "happo"): "77.5 %", ("5m_vs_6m", "mappo"): "75.0 %"}
-
-
-def final_training(run_dir: Path, column: str) -> list[float]:
-    """Per seed: mean of ``column`` over the last 10 % of log rows where it is defined."""
-    from teamrl.runs import read_metrics
-
-    per_seed: dict = {}
-    for row in read_metrics(run_dir):
-        value = row.get(column)
-        if value is not None and np.isfinite(value):
-            per_seed.setdefault(int(row["seed"]), []).append(value)
-    return [float(np.mean(v[-max(1, len(v) // 10):])) for _, v in sorted(per_seed.items())]
 
 
 def main(argv=None):
@@ -95,7 +83,7 @@ def main(argv=None):
                 continue
             run_dirs.append(run_dir)
             results[(map_name, algo)] = {
-                "train_win_rate": final_training(run_dir, "win_rate"),
+                "train_win_rate": final_column(run_dir, "win_rate"),
                 "eval_win_rate": [s["win_rate"] for s in det["seeds"]],
                 "wall_s": info["wall_s"], "steps_per_s": info.get("steps_per_s"),
                 "load": info.get("load"), "code": info.get("code"), "run_dir": str(run_dir)}
