@@ -1,5 +1,12 @@
-"""Shared by the experiment scripts: the code version of the checkout and resumable runs
-(a run folder that already finished with the same request is not trained again)."""
+"""Shared by the experiment scripts: the code version of the checkout, resumable runs (a run
+folder that already finished with the same request is not trained again) and evaluations
+reused from the run folder.
+
+Runs that take longer than one working session go under ``SAVED`` (experiments/saved/<name>/),
+which is tracked by git except each run's checkpoints/ and tb/ (see .gitignore): what a report
+needs (config.yaml, metrics.csv, experiment.json and the eval_*.json of the final policy)
+survives the machine, so a grid can be finished over several sessions and its page rebuilt
+with ``--report-only`` anywhere."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DONE_FILE = "experiment.json"
+SAVED = ROOT / "experiments" / "saved"
 
 
 def code_version() -> str:
@@ -70,3 +78,22 @@ def final_column(run_dir: Path, column: str) -> list[float]:
         if value is not None and np.isfinite(value):
             per_seed.setdefault(int(row["seed"]), []).append(value)
     return [float(np.mean(v[-max(1, len(v) // 10):])) for _, v in sorted(per_seed.items())]
+
+
+def evaluate_or_reuse(run_dir: Path, episodes: int, deterministic: bool,
+                      checkpoint: str = "latest") -> dict:
+    """``teamrl.evaluate.evaluate_run`` of the run's final ``checkpoint``, or the result it
+    wrote before (``eval_<checkpoint>_<det|stoch>.json``) when that covered the same number of
+    episodes of the same checkpoint, so a saved run whose checkpoints are gone (SAVED keeps
+    none) is still reported. (Training a run folder again deletes the folder first, so an
+    eval file there always belongs to the run's current training.)"""
+    import json as _json
+
+    from teamrl.evaluate import evaluate_run
+
+    saved = run_dir / f"eval_{checkpoint}_{'det' if deterministic else 'stoch'}.json"
+    if saved.is_file() and (run_dir / DONE_FILE).is_file():
+        result = _json.loads(saved.read_text())
+        if result.get("episodes") == episodes and result.get("checkpoint") == checkpoint:
+            return result
+    return evaluate_run(run_dir, episodes, deterministic, checkpoint=checkpoint)

@@ -8,9 +8,9 @@ is written beside every number. Needs gfootball (`teamrl install football`).
 
 Writes docs/results/football.md (with its docs/RESULTS.md rows: see
 experiments/make_results.py) and docs/results/football.png (score-rate curves with 95 %
-bootstrap bands over seeds). Run folders go under --runs (default
-/tmp/teamrl_experiments/football); a finished run with the same settings is not trained
-again. ``--report-only`` rebuilds the page from the saved runs.
+bootstrap bands over seeds). Run folders go under --runs (default experiments/saved/football,
+kept by git without checkpoints: experiment_runs.py); a finished run with the same settings is
+not trained again. ``--report-only`` rebuilds the page from the saved runs.
 
     python experiments/football.py --steps 200000 --seeds 3
 """
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, final_column, train_or_skip
+from experiment_runs import (SAVED, code_version, evaluate_or_reuse, final_column,
+                             train_or_skip)
 from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="env worker processes")
     parser.add_argument("--episodes", type=int, default=20,
                         help="evaluation episodes per seed of the final policy")
-    parser.add_argument("--runs", default="/tmp/teamrl_experiments/football")
+    parser.add_argument("--runs", default=str(SAVED / "football"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--note", default="", help="a sentence added to the page")
     parser.add_argument("--report-only", action="store_true",
@@ -55,7 +56,6 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     code = code_version()
-    from teamrl.evaluate import evaluate_run
     from teamrl.plots import plot_runs
 
     env_id = f"football/{SCENARIO}"
@@ -71,7 +71,7 @@ def main(argv=None):
             require_saved_run(run_dir, algo, env_id, settings)
         try:
             info = train_or_skip(run_dir, algo, env_id, settings, code)
-            stoch = evaluate_run(run_dir, args.episodes, False, checkpoint="latest")
+            stoch = evaluate_or_reuse(run_dir, args.episodes, False, checkpoint="latest")
         except Exception as err:  # report and go on with the other algorithms
             results[algo] = {"error": f"{type(err).__name__}: {err}"}
             print(f"{NAMES[algo]} FAILED: {type(err).__name__}: {err}", flush=True)

@@ -7,12 +7,12 @@ The published numbers (HARL and the HATRPO paper, REFERENCE.md §5) are at 10M s
 script's budget is written beside every number.
 
 Writes docs/results/mamujoco.md (with its docs/RESULTS.md rows, one per task: see
-experiments/make_results.py) and docs/results/mamujoco.png (learning curves with 95 %
-bootstrap bands over seeds, `teamrl plot`'s code). Run folders go under --runs (default
-/tmp/teamrl_experiments/mamujoco); a finished run with the same settings is not trained
-again, so an interrupted invocation can be re-run, and runs can be spread over sessions.
-``--report-only`` trains nothing: it rebuilds the page from the saved runs (alone, with the
-arguments of the invocation that saved them).
+experiments/make_results.py) and docs/results/mamujoco.png (learning curves with 95 % bootstrap
+bands over seeds, `teamrl plot`'s code). Run folders go under --runs (default
+experiments/saved/mamujoco, kept by git without checkpoints: experiment_runs.py); a finished
+run with the same settings is not trained again, so an interrupted invocation can be re-run,
+and runs can be spread over sessions. ``--report-only`` trains nothing: it rebuilds the page
+from the saved runs (alone, with the arguments of the invocation that saved them).
 
     python experiments/mamujoco.py --steps 1000000 --seeds 3
     python experiments/mamujoco.py --algos happo --tasks HalfCheetah-2x3 --steps 200000
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, train_or_skip
+from experiment_runs import SAVED, code_version, evaluate_or_reuse, train_or_skip
 from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--episodes", type=int, default=10,
                         help="deterministic evaluation episodes per seed (1000 steps each)")
-    parser.add_argument("--runs", default="/tmp/teamrl_experiments/mamujoco")
+    parser.add_argument("--runs", default=str(SAVED / "mamujoco"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: rebuild the page from the saved runs")
@@ -75,7 +75,6 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     code = code_version()
-    from teamrl.evaluate import evaluate_run
     from teamrl.plots import plot_runs
 
     results, run_dirs = {}, []
@@ -90,7 +89,7 @@ def main(argv=None):
                 require_saved_run(run_dir, algo, env_id, settings)
             try:
                 info = train_or_skip(run_dir, algo, env_id, settings, code)
-                det = evaluate_run(run_dir, args.episodes, True, checkpoint="latest")
+                det = evaluate_or_reuse(run_dir, args.episodes, True, checkpoint="latest")
             except Exception as err:  # report and go on with the other runs
                 results[(task, algo)] = {"error": f"{type(err).__name__}: {err}"}
                 print(f"{task} {NAMES[algo]} FAILED: {type(err).__name__}: {err}", flush=True)

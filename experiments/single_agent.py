@@ -10,13 +10,13 @@ beside ours with what differs: Duan et al.'s Table 1 is on rllab's versions of t
 iterations (25M steps); the PPO paper's Figure 3 is on Gymnasium's predecessors (`-v1`) at
 1M steps and can only be read off a plot.
 
-Writes docs/results/single_agent.md (with a machine-readable `<!-- results-row {json} -->`
-line at the top, see :func:`results_row`) and docs/results/single_agent.png (learning curves
-with 95 % bootstrap bands over seeds, `teamrl plot`'s code). Run folders go under --runs
-(default /tmp/teamrl_experiments/single_agent); a run whose folder already finished with the
-same request is not trained again, so an interrupted invocation can simply be re-run, and
-runs can be spread over sessions. `--report-only` trains nothing and writes the page from
-the finished runs it finds.
+Writes docs/results/single_agent.md (with a machine-readable `<!-- results-row {json} -->` line
+at the top, see :func:`results_row`) and docs/results/single_agent.png (learning curves with 95
+% bootstrap bands over seeds, `teamrl plot`'s code). Run folders go under --runs (default
+experiments/saved/single_agent, kept by git without checkpoints: experiment_runs.py); a run
+whose folder already finished with the same request is not trained again, so an interrupted
+invocation can simply be re-run, and runs can be spread over sessions. `--report-only` trains
+nothing and writes the page from the finished runs it finds.
 
     python experiments/single_agent.py --steps 1000000 --seeds 3
     python experiments/single_agent.py --tasks Hopper-v5 --seeds 1 --steps 20000 \\
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import DONE_FILE, code_version, train_or_skip
+from experiment_runs import DONE_FILE, SAVED, code_version, train_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["tnpg", "trpo", "ppo"]
@@ -298,7 +298,7 @@ def main(argv=None):
     parser.add_argument("--set", nargs="*", default=[], metavar="[ALGO:]KEY=VALUE",
                         help="extra settings for every run, or only ALGO's (e.g. "
                              "trpo:num_envs=10); part of the request a finished run must match")
-    parser.add_argument("--runs", default="/tmp/teamrl_experiments/single_agent")
+    parser.add_argument("--runs", default=str(SAVED / "single_agent"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; report the finished runs found under --runs")

@@ -12,9 +12,10 @@ of StarCraft II's built-in AI; the published SMAC win rates (HARL at 10M-20M ste
 
 Writes docs/results/smax.md (with its docs/RESULTS.md rows, one per map: see
 experiments/make_results.py) and docs/results/smax.png (win-rate curves with 95 % bootstrap
-bands over seeds). Run folders go under --runs (default /tmp/teamrl_experiments/smax); a
-finished run with the same settings is not trained again, so the grid can be spread over
-sessions. ``--report-only`` rebuilds the page from the saved runs.
+bands over seeds). Run folders go under --runs (default experiments/saved/smax, kept by git
+without checkpoints: experiment_runs.py); a finished run with the same settings is not trained
+again, so the grid can be spread over sessions. ``--report-only`` rebuilds the page from the
+saved runs.
 
     python experiments/smax.py --steps 2000000 --seeds 3
     python experiments/smax.py --maps 3m --algos mappo happo --steps 500000
@@ -31,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, final_column, train_or_skip
+from experiment_runs import (SAVED, code_version, evaluate_or_reuse, final_column,
+                             train_or_skip)
 from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ def main(argv=None):
     parser.add_argument("--maps", nargs="+", default=MAPS)
     parser.add_argument("--episodes", type=int, default=32,
                         help="deterministic evaluation episodes per seed of the final policy")
-    parser.add_argument("--runs", default="/tmp/teamrl_experiments/smax")
+    parser.add_argument("--runs", default=str(SAVED / "smax"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--note", default="", help="a sentence added to the page")
     parser.add_argument("--report-only", action="store_true",
@@ -60,7 +62,6 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     code = code_version()
-    from teamrl.evaluate import evaluate_run
     from teamrl.plots import plot_runs
 
     results, run_dirs = {}, []
@@ -74,7 +75,7 @@ def main(argv=None):
                 require_saved_run(run_dir, algo, env_id, settings)
             try:
                 info = train_or_skip(run_dir, algo, env_id, settings, code)
-                det = evaluate_run(run_dir, args.episodes, True, checkpoint="latest")
+                det = evaluate_or_reuse(run_dir, args.episodes, True, checkpoint="latest")
             except Exception as err:  # report and go on with the other runs
                 results[(map_name, algo)] = {"error": f"{type(err).__name__}: {err}"}
                 print(f"{map_name} {NAMES[algo]} FAILED: {type(err).__name__}: {err}",

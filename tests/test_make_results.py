@@ -134,3 +134,27 @@ def test_report_only_helpers(tmp_path):
                                          lambda a: saved)
     assert (args.seeds, args.note) == (2, "how it was run")
     assert make_results.reuse_saved_argv(parser, ["--seeds", "2"], lambda a: saved).note == ""
+
+
+def test_saved_evaluation_is_reused_only_when_it_matches(tmp_path, monkeypatch):
+    """A saved run keeps no checkpoints (experiments/saved/ ignores them): its final
+    evaluation is read back from eval_latest_<mode>.json when episodes and checkpoint match,
+    and otherwise evaluated again (here: evaluate_run is called)."""
+    import experiment_runs
+    import teamrl.evaluate
+
+    calls = []
+    monkeypatch.setattr(teamrl.evaluate, "evaluate_run",
+                        lambda run_dir, episodes, det, checkpoint: calls.append(
+                            (episodes, det, checkpoint)) or {"fresh": True})
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {"checkpoint": "latest", "episodes": 8, "deterministic": True, "seeds": []}
+    (run / "eval_latest_det.json").write_text(json.dumps(saved))
+    # No experiment.json: the run never finished, so the file is not trusted.
+    assert experiment_runs.evaluate_or_reuse(run, 8, True) == {"fresh": True}
+    (run / experiment_runs.DONE_FILE).write_text(json.dumps({"request": {}}))
+    assert experiment_runs.evaluate_or_reuse(run, 8, True) == saved
+    assert experiment_runs.evaluate_or_reuse(run, 16, True) == {"fresh": True}  # episodes
+    assert experiment_runs.evaluate_or_reuse(run, 8, False) == {"fresh": True}  # mode
+    assert calls == [(8, True, "latest"), (16, True, "latest"), (8, False, "latest")]
