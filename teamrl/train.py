@@ -168,24 +168,27 @@ class Trainer:
         return bool(getattr(self.algo, "recurrent", False))
 
     # ----------------------------------------------------------------------- update
+    def collect(self, ts, rollout, key):
+        """One rollout of ``rollout_length`` steps with the current policy: -> (rollout carry,
+        Batch [T, E, ...], EpisodeStats)."""
+        length = self.config.run.rollout_length
+        if self.algo_recurrent:
+            return collect_recurrent(
+                self.team_env, partial(self.algo.recurrent_act, ts),
+                partial(self.algo.recurrent_value, ts), rollout, key, length)
+
+        def act(obs, key):
+            # Values are left to ``collect``, which evaluates the critic once, batched
+            # over the whole rollout, after the scan (XLA drops the in-loop critic call).
+            action, log_prob, _ = self.algo.act(ts, obs, key)
+            return action, log_prob, None
+
+        return collect(self.team_env, act, partial(self.algo.values, ts), rollout, key, length)
+
     def _update(self, runner: Runner, _):
         key, rollout_key, update_key = jax.random.split(runner.key, 3)
         ts = runner.train_state
-
-        length = self.config.run.rollout_length
-        if self.algo_recurrent:
-            rollout, batch, stats = collect_recurrent(
-                self.team_env, partial(self.algo.recurrent_act, ts),
-                partial(self.algo.recurrent_value, ts), runner.rollout, rollout_key, length)
-        else:
-            def act(obs, key):
-                # Values are left to ``collect``, which evaluates the critic once, batched
-                # over the whole rollout, after the scan (XLA drops the in-loop critic call).
-                action, log_prob, _ = self.algo.act(ts, obs, key)
-                return action, log_prob, None
-
-            rollout, batch, stats = collect(self.team_env, act, partial(self.algo.values, ts),
-                                            runner.rollout, rollout_key, length)
+        rollout, batch, stats = self.collect(ts, runner.rollout, rollout_key)
         ts, metrics = self.algo.update(ts, batch, update_key)
         finite = all_finite(ts)
         metrics = {**metrics, "params_finite": finite, "episodes": stats.count,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 
 from teamrl.cli_config import base_config
 from teamrl.config import apply_overrides
-from teamrl.rollout import collect, collect_recurrent
 from teamrl.train import Trainer, make_trainer
 
 
@@ -34,18 +31,5 @@ def rollout_batch(trainer: Trainer, seed: int = 0, train_state=None):
     """(train state, Batch [T, E, ...]) of one rollout of the freshly initialised policy."""
     runner = trainer._init_one(jax.random.PRNGKey(seed))
     ts = runner.train_state if train_state is None else train_state
-    if trainer.algo_recurrent:
-        _, batch, _ = collect_recurrent(
-            trainer.team_env, partial(trainer.algo.recurrent_act, ts),
-            partial(trainer.algo.recurrent_value, ts), runner.rollout,
-            jax.random.PRNGKey(seed + 1), trainer.config.run.rollout_length)
-        return ts, batch
-
-    def act(obs, key):
-        action, log_prob, _ = trainer.algo.act(ts, obs, key)
-        return action, log_prob, None
-
-    _, batch, _ = collect(trainer.team_env, act, partial(trainer.algo.values, ts),
-                          runner.rollout, jax.random.PRNGKey(seed + 1),
-                          trainer.config.run.rollout_length)
+    _, batch, _ = trainer.collect(ts, runner.rollout, jax.random.PRNGKey(seed + 1))
     return ts, batch
