@@ -31,6 +31,9 @@
    whose saved runs are absent, then assembles. Helpers: ``require_saved_run`` before each
    ``train_or_skip``, ``save_argv`` after a training invocation and ``reuse_saved_argv`` to
    parse the arguments (so a rebuilt section keeps the original settings and ``--note``).
+   Grids too long for one sitting keep their runs under ``experiment_runs.SAVED``
+   (experiments/saved/<name>/, in git without checkpoints) and evaluate through
+   ``evaluate_or_reuse``, so their sections rebuild on any checkout.
 5. After a section changes, run this script and commit both: tests/test_make_results.py
    fails while docs/RESULTS.md differs from what the sections give.
 

@@ -138,9 +138,13 @@ def results_rows(args, results) -> list[str]:
 
 
 def write_markdown(path: Path, args, results, code: str, wall: float):
+    # The code of the runs themselves (a --report-only rebuild trains nothing).
+    code = ", ".join(sorted({r.get("code") or code for r in results.values()
+                             if "wall_s" in r})) or code
     lines = [
         "# Multi-Agent MuJoCo: HAPPO, HATRPO, MAPPO, A2PO (obs=global)", "",
-        f"`python experiments/mamujoco.py --steps {args.steps} --seeds {args.seeds}` "
+        f"`python experiments/mamujoco.py --steps {args.steps} --seeds {args.seeds} --tasks "
+        f"{' '.join(args.tasks)}` "
         f"(code {code}); shipped `mamujoco` presets (HARL's tuned settings, A2PO's from its "
         "code), 20 envs × 200 steps per update, host runner with one worker on this 2-core "
         f"machine. Budget: **{args.steps:,} env steps per seed**, {args.seeds} seeds; the "
@@ -163,7 +167,11 @@ def write_markdown(path: Path, args, results, code: str, wall: float):
                 f"{PUBLISHED.get((task, algo), '–')} | {r['wall_s'] / 60:.0f} min |")
     lines += ["", "Final training return: mean of the last 10 % of logged training-episode "
               "returns per seed. Deterministic eval: "
-              f"{args.episodes} episodes per seed of the final policy's mean action.", "",
+              f"{args.episodes} episodes per seed of the final policy's mean action. Wall "
+              "times are as measured, with whatever else the machine ran (1-minute load "
+              "average before and after each run: "
+              + ", ".join(f"{NAMES[a]} {r['load'][0]:.1f}→{r['load'][1]:.1f}"
+                          for (t, a), r in results.items() if r.get("load")) + ").", "",
               "![curves](mamujoco.png)", ""]
     lines += results_rows(args, results) + [""]
     path.write_text("\n".join(lines))
