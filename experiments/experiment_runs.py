@@ -87,13 +87,21 @@ def evaluate_or_reuse(run_dir: Path, episodes: int, deterministic: bool,
     episodes of the same checkpoint, so a saved run whose checkpoints are gone (SAVED keeps
     none) is still reported. (Training a run folder again deletes the folder first, so an
     eval file there always belongs to the run's current training.)"""
-    import json as _json
-
     from teamrl.evaluate import evaluate_run
 
     saved = run_dir / f"eval_{checkpoint}_{'det' if deterministic else 'stoch'}.json"
     if saved.is_file() and (run_dir / DONE_FILE).is_file():
-        result = _json.loads(saved.read_text())
+        result = json.loads(saved.read_text())
         if result.get("episodes") == episodes and result.get("checkpoint") == checkpoint:
             return result
     return evaluate_run(run_dir, episodes, deterministic, checkpoint=checkpoint)
+
+
+def trained_code_and_wall(results, code: str, wall: float) -> tuple[str, float]:
+    """The code versions and summed training time of the runs in ``results`` ({key: record}
+    with ``wall_s`` and ``code`` for trained runs), falling back to ``code`` / ``wall``: a
+    --report-only rebuild trains nothing, so its own version and duration say nothing about
+    the numbers."""
+    trained = [r for r in results.values() if "wall_s" in r]
+    return (", ".join(sorted({r.get("code") or code for r in trained})) or code,
+            sum(r["wall_s"] for r in trained) or wall)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment_runs import (SAVED, code_version, evaluate_or_reuse, final_column,
-                             train_or_skip)
+                             trained_code_and_wall, train_or_skip)
 from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,11 +124,7 @@ def results_rows(args, results) -> list[str]:
 
 
 def write_markdown(path: Path, args, results, code: str, wall: float):
-    # The code and training time of the runs themselves (a --report-only rebuild trains
-    # nothing, so its own version and duration say nothing about the numbers).
-    trained = [r for r in results.values() if "wall_s" in r]
-    code = ", ".join(sorted({r.get("code") or code for r in trained})) or code
-    wall = sum(r["wall_s"] for r in trained) or wall
+    code, wall = trained_code_and_wall(results, code, wall)
     lines = [
         f"# Google Research Football: {', '.join(NAMES[a] for a in args.algos)} on {SCENARIO}",
         "",

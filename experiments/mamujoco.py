@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import SAVED, code_version, evaluate_or_reuse, train_or_skip
+from experiment_runs import (SAVED, code_version, evaluate_or_reuse, trained_code_and_wall,
+                             train_or_skip)
 from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +139,7 @@ def results_rows(args, results) -> list[str]:
 
 
 def write_markdown(path: Path, args, results, code: str, wall: float):
-    # The code of the runs themselves (a --report-only rebuild trains nothing).
-    code = ", ".join(sorted({r.get("code") or code for r in results.values()
-                             if "wall_s" in r})) or code
+    code, _ = trained_code_and_wall(results, code, wall)
     lines = [
         "# Multi-Agent MuJoCo: HAPPO, HATRPO, MAPPO, A2PO (obs=global)", "",
         f"`python experiments/mamujoco.py --steps {args.steps} --seeds {args.seeds} --tasks "

@@ -11,8 +11,8 @@ iterations (25M steps); the PPO paper's Figure 3 is on Gymnasium's predecessors 
 1M steps and can only be read off a plot.
 
 Writes docs/results/single_agent.md (with a machine-readable `<!-- results-row {json} -->` line
-at the top, see :func:`results_row`) and docs/results/single_agent.png (learning curves with 95
-% bootstrap bands over seeds, `teamrl plot`'s code). Run folders go under --runs (default
+at the top, see :func:`results_row`) and docs/results/single_agent.png (learning curves with
+95 % bootstrap bands over seeds, `teamrl plot`'s code). Run folders go under --runs (default
 experiments/saved/single_agent, kept by git without checkpoints: experiment_runs.py); a run
 whose folder already finished with the same request is not trained again, so an interrupted
 invocation can simply be re-run, and runs can be spread over sessions. `--report-only` trains
