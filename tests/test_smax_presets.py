@@ -111,7 +111,8 @@ SOURCE_VALUES = [
                          hidden_sizes=[128, 128], num_envs=1, total_steps=2_000_000,
                          value_norm=False, huber=False, share_actor=False)),
     # JaxMARL's MAPPO-RNN (the untouched smax/mappo.yaml)
-    ("mappo", "3m", dict(num_envs=128, rollout_length=128, lr=2e-3, epochs=4, minibatches=4,
+    ("mappo", "3m", dict(num_envs=128, rollout_length=128, lr=2e-3, lr_decay=True,
+                         max_grad_norm=0.25, epochs=4, minibatches=4,
                          gru_size=128, chunk_length=32, recurrent=True, share_actor=True)),
 ]
 
