@@ -214,11 +214,13 @@ def cmd_eval(args) -> int:
     result = evaluate_run(args.run_dir, episodes, deterministic, checkpoint)
     mode = "deterministic" if deterministic else "stochastic"
     for row in result["seeds"]:
+        wins = f", win rate {row['win_rate']:.3f}" if "win_rate" in row else ""
         print(f"seed {row['seed']}: return {row['return_mean']:.3f} ± {row['return_std']:.3f} "
-              f"(min {row['return_min']:.3f}, max {row['return_max']:.3f}) over {result['episodes']} "
-              f"{mode} episodes")
-    print(f"[teamrl] mean return {result['return_mean']:.3f} ({result['checkpoint']} checkpoint "
-          f"at {result['env_steps']} env steps); written to {result['file']}")
+              f"(min {row['return_min']:.3f}, max {row['return_max']:.3f}){wins} over "
+              f"{result['episodes']} {mode} episodes")
+    wins = f", win rate {result['win_rate']:.3f}" if "win_rate" in result else ""
+    print(f"[teamrl] mean return {result['return_mean']:.3f}{wins} ({result['checkpoint']} "
+          f"checkpoint at {result['env_steps']} env steps); written to {result['file']}")
     return 0
 
 

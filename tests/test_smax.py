@@ -222,7 +222,8 @@ def test_network_config_defaults_are_feed_forward():
 
 
 # -------------------------------------------------------------------------------- win rate
-def test_win_rate_in_metrics_and_evaluation(tmp_path):
+def test_win_rate_in_metrics_and_evaluation(tmp_path, capsys):
+    from teamrl.cli import main
     from teamrl.cli_config import base_config
     from teamrl.config import apply_overrides
     from teamrl.train import train
@@ -243,4 +244,8 @@ def test_win_rate_in_metrics_and_evaluation(tmp_path):
         values = [float(r[name]) for r in rows]
         assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v)), name
     assert any(not np.isnan(float(r["win_rate"])) for r in rows)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "episodes=4"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("win rate") == 2, printed  # seed 0's line and the summary
 
