@@ -12,3 +12,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "teamrl-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Collect the tests marked ``long`` first. pytest-xdist's worksteal scheduler hands each
+    worker a contiguous block of the collection, so a test of several minutes that happens to
+    sit late in its block would start last and keep the suite running alone; first in the
+    collection, it starts at once while the other worker takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable sort

@@ -83,6 +83,7 @@ def test_simple_spread_beats_calibrated_threshold(tmp_path, algo):
     assert min(final) >= SPREAD_THRESHOLD, final
 
 
+@pytest.mark.long
 def test_recurrent_mappo_wins_smax_3m(tmp_path):
     """Issue threshold: MAPPO with GRU policies and critic reaches >= 80 % deterministic
     evaluation win rate on smax/3m against the heuristic enemy (budget calibrated: 1.5M steps)."""
