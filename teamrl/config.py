@@ -57,6 +57,11 @@ class RunConfig:
                                 "and `teamrl eval`)", low=1)
     eval_every: int = option(5, "log rows between evaluations during training, deterministic "
                              "and stochastic, recorded in metrics.csv (0: off)", low=0)
+    host_act: str = option("numpy", "how host-stepped envs compute each step's actions: "
+                           "numpy (a NumPy forward pass of feed-forward actors, far cheaper "
+                           "per call than XLA at these batch sizes; the same draws) or jax "
+                           "(one jitted call per step, always used for Q-learners)",
+                           choices=["numpy", "jax"])
     devices: int = option(0, "local devices to split each seed's environments over, "
                           "gradients averaged across them (0: as many as divide num_envs; "
                           "host-stepped envs use 1)", low=0)

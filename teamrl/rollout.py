@@ -174,7 +174,8 @@ def reset_envs(team_env, key: jax.Array, num_envs: int, memory=()) -> RolloutCar
 # ============================================================================ host envs
 class HostCollector:
     """Rollouts of host environments (``teamrl.envs.host_env``): S seeds × E envs stepped in
-    worker processes, with one jitted call computing every env's and agent's action per step.
+    worker processes, with one call computing every env's and agent's action per step: a
+    jitted one, or ``numpy_policy`` (``teamrl.host_policy``) where given.
 
     Host env ``s·E + e`` belongs to seed s; it is reset first with seed ``env_seed(s, e)`` so a
     seed's environments do not depend on how many seeds or workers the run has.
@@ -185,10 +186,11 @@ class HostCollector:
             [E, N]) for one seed; vmapped over seeds here.
         seeds: S.  num_envs: E per seed.  length: T steps per rollout.
         first_seed: the run's first seed (seed s of the run is ``first_seed + s``).
+        numpy_policy: a ``NumpyPolicy`` of the same algorithm, used instead of ``act``.
     """
 
     def __init__(self, team_env, act: Callable, seeds: int, num_envs: int, length: int,
-                 first_seed: int, workers: int | None = None):
+                 first_seed: int, workers: int | None = None, numpy_policy=None):
         import numpy as np
 
         self.S, self.E, self.T = seeds, num_envs, length
@@ -201,6 +203,7 @@ class HostCollector:
                 train_state, obs, keys)
 
         self._act = jax.jit(act_all)
+        self.numpy_policy = numpy_policy
         T = length
         self.obs = TeamObs(*(np.zeros((T,) + getattr(b, n).shape, getattr(b, n).dtype)
                              for n in ("obs", "state", "avail", "alive")))
@@ -241,12 +244,20 @@ class HostCollector:
         finished = np.full((self.T, self.S * self.E), np.nan)
         metrics = np.full((self.T, self.S * self.E, max(len(names), 1)), np.nan, np.float32)
         act_time = 0.0
+        fast = self.numpy_policy
+        if fast is not None:  # the same draws as the jitted call, made once per rollout
+            params = fast.host_params(train_state)
+            noise = fast.noise(keys, self.T, self.E)  # [T, S, E, N, A]
         for t in range(self.T):
             for name, store in zip(("obs", "state", "avail", "alive"), self.obs):
                 store[t] = getattr(b, name)
-            obs_t = TeamObs(*(self._per_seed(x[t]) for x in self.obs))
             t0 = time.perf_counter()
-            action, log_prob = self._act(train_state, obs_t, keys, np.int32(t))
+            if fast is not None:
+                action, log_prob = fast.act(params, self._per_seed(self.obs.obs[t]),
+                                            self._per_seed(self.obs.avail[t]), noise[t])
+            else:
+                obs_t = TeamObs(*(self._per_seed(x[t]) for x in self.obs))
+                action, log_prob = self._act(train_state, obs_t, keys, np.int32(t))
             self.action[t] = np.asarray(action).reshape(self.action.shape[1:])
             self.log_prob[t] = np.asarray(log_prob).reshape(self.log_prob.shape[1:])
             act_time += time.perf_counter() - t0

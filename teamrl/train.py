@@ -20,6 +20,7 @@ from teamrl.algos import ALGORITHMS
 from teamrl.config import Config, ConfigError, validate_section
 from teamrl.envs.registry import make_env
 from teamrl.envs.spec import TeamObs
+from teamrl.host_policy import numpy_policy
 from teamrl.rollout import (Batch, HostCollector, RolloutCarry, collect, collect_recurrent,
                             reset_envs)
 
@@ -298,8 +299,9 @@ class HostTrainer(Trainer):
         rendering of a saved run need none)."""
         if self._collector is None:
             run = self.config.run
+            policy = numpy_policy(self.algo) if run.host_act == "numpy" else None
             self._collector = HostCollector(self.team_env, self._act, run.seeds, run.num_envs,
-                                            run.rollout_length, run.seed)
+                                            run.rollout_length, run.seed, numpy_policy=policy)
             self._collector.reset()
         return self._collector
 
