@@ -35,16 +35,25 @@ def _silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0), "gelu": _gelu,
-                "silu": _silu}
+# In place where NumPy allows (x is always a fresh intermediate here).
+_ACTIVATIONS = {"tanh": lambda x: np.tanh(x, out=x), "relu": lambda x: np.maximum(x, 0.0, out=x),
+                "gelu": _gelu, "silu": _silu}
 
 
-def _layer_norm(x, p):
+def _layer_norm(x, scale, bias):
     """flax LayerNorm over the last axis (fast variance E[x²] − E[x]², as flax computes it);
-    scale and bias [..., 1, D] broadcast over rows."""
-    mean = x.mean(-1, keepdims=True)
-    var = np.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
-    return (x - mean) / np.sqrt(var + _LN_EPSILON) * p["scale"] + p["bias"]
+    scale and bias [..., 1, D] broadcast over rows. Reductions through ``np.add.reduce``:
+    ``ndarray.mean``'s Python wrapper costs more than the arithmetic at these sizes."""
+    inv_d = 1.0 / x.shape[-1]
+    mean = np.add.reduce(x, axis=-1, keepdims=True) * inv_d
+    var = np.add.reduce(x * x, axis=-1, keepdims=True) * inv_d - mean * mean
+    np.maximum(var, 0.0, out=var)
+    var += _LN_EPSILON
+    y = x - mean
+    y /= np.sqrt(var, out=var)
+    y *= scale
+    y += bias
+    return y
 
 
 def numpy_policy(algo) -> "NumpyPolicy | None":
@@ -79,12 +88,32 @@ class NumpyPolicy:
         self._noise = {}  # (T, E) -> jitted draw
 
     def host_params(self, train_state) -> dict:
-        """The actor parameters (and observation statistics) as NumPy arrays [S, ...]."""
-        actor_params = (train_state.inner if self.obs_norm else train_state).actor_params
-        tree = {"actor": actor_params}
+        """The actor parameters (and observation statistics) of ``train_state`` ([S]-batched)
+        as NumPy arrays laid out for :meth:`act`: per layer (kernel [S, (N,) in, out], bias
+        [S, (N,) 1, out], LayerNorm (scale, bias) [S, (N,) 1, width] or None); the row axis
+        of vectors is -2, where :meth:`_mlp` keeps its rows."""
+        inner = train_state.inner if self.obs_norm else train_state
+        tree = {"actor": inner.actor_params["params"]}
         if self.obs_norm:
             tree["obs_mean"], tree["obs_std"] = train_state.obs.mean, train_state.obs.std
-        return jax.device_get(tree)
+        tree = jax.device_get(tree)
+        net = tree["actor"] if self.discrete else tree["actor"]["MLP_0"]
+        row = lambda v: v[..., None, :]  # noqa: E731
+        norms = iter((row(net[f"LayerNorm_{i}"]["scale"]), row(net[f"LayerNorm_{i}"]["bias"]))
+                     for i in range(self.hidden * self.layer_norm + self.input_norm))
+        params = {"input_norm": next(norms) if self.input_norm else None, "layers": []}
+        for i in range(self.hidden + 1):
+            dense = net[f"Dense_{i}"]
+            norm = next(norms) if self.layer_norm and i < self.hidden else None
+            params["layers"].append((dense["kernel"], row(dense["bias"]), norm))
+        if not self.discrete:  # [S, (N,) A] -> [S, 1, (1 or N), A], broadcast over envs
+            log_std = np.clip(tree["actor"]["log_std"], *self.log_std_range)
+            params["log_std"] = log_std[:, None, None] if self.shared else log_std[:, None]
+        if self.obs_norm:  # [S, N, D] -> [S, 1, N, D]
+            params["obs_mean"] = tree["obs_mean"][:, None]
+            params["obs_std"] = tree["obs_std"][:, None]
+            params["raw_mask"] = np.asarray(self.obs_norm.raw_mask)
+        return params
 
     def noise(self, keys: jax.Array, length: int, num_envs: int) -> np.ndarray:
         """[T, S, E, N, A] standard draws for T steps of E envs per seed: normal (Gaussian
@@ -107,44 +136,38 @@ class NumpyPolicy:
         """obs [S, E, N, D], avail [S, E, N, A] bool, noise [S, E, N, A] -> (action [S, E, N]
         int32 or [S, E, N, A] float32, log_prob [S, E, N] float32)."""
         if self.obs_norm:
-            scaled = np.clip((obs - params["obs_mean"][:, None]) / params["obs_std"][:, None],
+            scaled = np.clip((obs - params["obs_mean"]) / params["obs_std"],
                              -self.obs_norm.clip, self.obs_norm.clip)
-            obs = np.where(np.asarray(self.obs_norm.raw_mask), scaled, obs)
-        tree = params["actor"]["params"]
+            obs = np.where(params["raw_mask"], scaled, obs)
+        out = self._mlp(params, obs)
         if self.discrete:
-            logits = self._mlp(tree, obs)
-            masked = np.where(avail, logits, -np.inf)
-            action = np.argmax(masked + noise, axis=-1).astype(np.int32)
-            z = np.where(avail, logits, _MASKED_LOGIT)
-            z = z - z.max(-1, keepdims=True)
+            action = np.argmax(np.where(avail, out, -np.inf) + noise, axis=-1).astype(np.int32)
+            z = np.where(avail, out, _MASKED_LOGIT)
+            z -= z.max(-1, keepdims=True)
             log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
             log_prob = np.take_along_axis(log_probs, action[..., None], -1)[..., 0]
             return action, log_prob.astype(np.float32)
-        mean = self._mlp(tree["MLP_0"], obs)
-        log_std = np.clip(tree["log_std"], *self.log_std_range)
-        log_std = log_std[:, None, None] if self.shared else log_std[:, None]  # -> [S,1,(N),A]
-        action = np.where(avail, mean + np.exp(log_std) * noise, 0.0).astype(np.float32)
-        z = (action - mean) * np.exp(-log_std)
-        per_dim = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
-        return action, np.where(avail, per_dim, 0.0).sum(-1).astype(np.float32)
+        log_std = params["log_std"]
+        action = np.where(avail, out + np.exp(log_std) * noise, 0.0).astype(np.float32)
+        z = (action - out) * np.exp(-log_std)
+        per_dim = -0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)
+        return action, np.add.reduce(np.where(avail, per_dim, 0.0), axis=-1).astype(np.float32)
 
-    def _mlp(self, tree: dict, obs: np.ndarray) -> np.ndarray:
-        """teamrl.nets.MLP on obs [S, E, N, D] -> [S, E, N, out]. Parameters are [S, ...]
-        (shared) or [S, N, ...] (stacked); rows go to axis -2 so one batched matmul per layer
-        covers every seed (and agent)."""
+    def _mlp(self, params: dict, obs: np.ndarray) -> np.ndarray:
+        """teamrl.nets.MLP on obs [S, E, N, D] -> [S, E, N, out] (the mean of a Gaussian
+        actor, the logits of a categorical one). Shared parameters see [S, E·N, D] rows,
+        stacked ones [S, N, E, D], so one batched matmul per layer covers every seed (and
+        agent)."""
         S, E, N, D = obs.shape
         x = obs.reshape(S, E * N, D) if self.shared else obs.transpose(0, 2, 1, 3)
-        dense = [tree[f"Dense_{i}"] for i in range(self.hidden + 1)]
-        norms = iter(tree[f"LayerNorm_{i}"] for i in range(self.hidden * self.layer_norm
-                                                           + self.input_norm))
-        row = lambda p: {k: v[..., None, :] for k, v in p.items()}  # noqa: E731
-        if self.input_norm:
-            x = _layer_norm(x, row(next(norms)))
-        for i, layer in enumerate(dense):
-            x = np.matmul(x, layer["kernel"]) + layer["bias"][..., None, :]
+        if params["input_norm"] is not None:
+            x = _layer_norm(x, *params["input_norm"])
+        for i, (kernel, bias, norm) in enumerate(params["layers"]):
+            x = np.matmul(x, kernel)
+            x += bias
             if i < self.hidden:
                 x = self.activation(x)
-                if self.layer_norm:
-                    x = _layer_norm(x, row(next(norms)))
+                if norm is not None:
+                    x = _layer_norm(x, *norm)
         out = x.shape[-1]
         return x.reshape(S, E, N, out) if self.shared else x.transpose(0, 2, 1, 3)
