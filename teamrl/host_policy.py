@@ -64,7 +64,8 @@ def numpy_policy(algo) -> "NumpyPolicy | None":
 
     inner = algo.algo if isinstance(algo, ObsNormalised) else algo
     if not isinstance(inner, OnPolicyActorCritic) or type(inner).act is not \
-            OnPolicyActorCritic.act or inner.actor.recurrent:
+            OnPolicyActorCritic.act or inner.actor.recurrent or \
+            inner.actor.net.activation not in _ACTIVATIONS:  # (one added to nets only)
         return None
     return NumpyPolicy(inner.actor, obs_norm=algo if isinstance(algo, ObsNormalised) else None)
 
