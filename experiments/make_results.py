@@ -184,8 +184,9 @@ def _title(path: Path) -> str:
     return path.stem
 
 
-def _cell(text: str) -> str:
-    return re.sub(r"(?<!\\)\|", r"\\|", text.strip()) or "–"
+def _cell(value) -> str:
+    """A table cell from a results-row value (a string, or a number such as a seed count)."""
+    return re.sub(r"(?<!\\)\|", r"\\|", str(value).strip()) or "–"
 
 
 def assemble(root: Path = ROOT) -> tuple[str, list[str]]:
