@@ -178,13 +178,13 @@ def results_row(results: dict, tasks, algos, steps: int, seeds: int) -> dict:
     return {
         "claim": "One agent as a team of one: TNPG, TRPO (Duan et al. 2016 settings) and PPO "
                  "(PPO paper settings) learn Gymnasium MuJoCo locomotion",
-        "where": "[single_agent.md](results/single_agent.md), `experiments/single_agent.py`",
+        # "where" is filled in by make_results.py (a link here would break inside this page)
         "ours": "final training return, mean [95 % bootstrap CI over seeds]: "
                 + "; ".join(ours),
         "published": "; ".join(published),
         "budget": f"{steps:,} env steps per seed (" + _updates_text(results, tasks, algos)
                   + ")",
-        "seeds": seeds,
+        "seeds": str(seeds),
     }
 
 
