@@ -58,17 +58,42 @@ DUAN_TABLE1 = {
 PPO_FIG3 = {"Hopper-v5": 2200, "Walker2d-v5": 3400, "HalfCheetah-v5": 1800, "Swimmer-v5": 110}
 BATCH = {"tnpg": "50 envs × 1,000 steps", "trpo": "50 envs × 1,000 steps",
          "ppo": "8 envs × 256 steps"}
+# --small-batch: TRPO also with 2/25 of Duan et al.'s batch (4 envs x 1,000 steps, 250 updates
+# in 1M steps; 4,000 keeps the preset's 16 critic minibatches whole), to show what the same
+# trust-region step reaches when 1M steps buy it more updates
+SMALL_BATCH_ENVS = 4
+SMALL_BATCH_ALGOS = ("trpo",)
+SMALL = "-batch4000"  # label suffix and run-folder tag of those runs
+
+
+def name_of(label: str) -> str:
+    """'trpo' -> 'TRPO', 'trpo-batch4000' -> 'TRPO (4k batch)'."""
+    algo, small, _ = label.partition(SMALL)
+    return NAMES[algo] + (" (4k batch)" if small else "")
+
+
+def small_labels(algos) -> list[str]:
+    return [a + SMALL for a in algos if a in SMALL_BATCH_ALGOS]
+
+
+def labels_of(task: str, args) -> list[str]:
+    """The rows of ``task``: every --algos entry, then its small-batch variants."""
+    return list(args.algos) + (small_labels(args.algos) if task in args.small_batch else [])
 
 
 # ------------------------------------------------------------------------------ runs
-def run_dir_of(runs: Path, task: str, algo: str, args) -> Path:
-    return runs / f"{task}_{algo}_steps{args.steps}_seeds{args.seeds}"
+def run_dir_of(runs: Path, task: str, label: str, args) -> Path:
+    return runs / f"{task}_{label}_steps{args.steps}_seeds{args.seeds}"
 
 
-def settings_of(algo: str, args) -> dict:
-    """The request of one run: the budget, evaluation size and any --set overrides."""
+def settings_of(label: str, args) -> dict:
+    """The request of one run (``label``: an algorithm, or one with the small-batch suffix): the
+    budget, evaluation size, the small batch and any --set overrides."""
+    algo, small, _ = label.partition(SMALL)
     settings = {"seeds": str(args.seeds), "total_steps": str(args.steps),
                 "eval_episodes": str(args.episodes)}
+    if small:
+        settings["num_envs"] = str(SMALL_BATCH_ENVS)
     for item in args.set:
         head, sep, rest = item.partition(":")
         scope, assignment = (head, rest) if sep and head in ALGOS else ("", item)
@@ -140,32 +165,35 @@ def _ci(values, digits: int = 0) -> str:
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _updates_text(results: dict, tasks, algos) -> str:
+def _updates_text(results: dict, tasks, labels) -> str:
     """'TNPG 20 updates of 50,000 steps, ...' from the runs that finished (first task's)."""
     parts = []
-    for algo in algos:
-        done = [results[(t, algo)] for t in tasks
-                if (t, algo) in results and "batch" in results[(t, algo)]]
+    for label in labels:
+        done = [results[(t, label)] for t in tasks
+                if (t, label) in results and "batch" in results[(t, label)]]
         if done:
             r = done[0]
-            parts.append(f"{NAMES[algo]} {r['updates']} update{'s' if r['updates'] != 1 else ''}"
-                         f" of {r['batch']:,} steps")
+            parts.append(f"{name_of(label)} {r['updates']} "
+                         f"update{'s' if r['updates'] != 1 else ''} of {r['batch']:,} steps")
     return ", ".join(parts) or "no finished runs"
 
 
-def results_row(results: dict, tasks, algos, steps: int, seeds: int) -> dict:
+def results_row(results: dict, tasks, algos, steps: int, seeds: int,
+                small_batch=()) -> dict:
     """The section's row for docs/RESULTS.md (collected by experiments/make_results.py):
-    dict(claim, where, ours, published, budget, seeds), all strings but ``seeds``."""
+    dict(claim, where, ours, published, budget, seeds), all strings but ``seeds``.
+    The small-batch variants (tasks in ``small_batch``) follow the preset rows."""
     ours = []
-    for algo in algos:
+    labels = list(algos) + (small_labels(algos) if small_batch else [])
+    for label in labels:
         cells = []
-        for task in tasks:
-            r = results.get((task, algo))
+        for task in tasks if SMALL not in label else [t for t in tasks if t in small_batch]:
+            r = results.get((task, label))
             if r is None or "error" in r:
                 cells.append(f"{task.split('-')[0]} {'failed' if r else 'not run'}")
                 continue
             cells.append(f"{task.split('-')[0]} {_ci(r['final_train'])}")
-        ours.append(f"{NAMES[algo]}: " + ", ".join(cells))
+        ours.append(f"{name_of(label)}: " + ", ".join(cells))
     published = []
     for algo in algos:
         if algo in DUAN_TABLE1:
@@ -182,14 +210,17 @@ def results_row(results: dict, tasks, algos, steps: int, seeds: int) -> dict:
         "ours": "final training return, mean [95 % bootstrap CI over seeds]: "
                 + "; ".join(ours),
         "published": "; ".join(published),
-        "budget": f"{steps:,} env steps per seed (" + _updates_text(results, tasks, algos)
+        "budget": f"{steps:,} env steps per seed (" + _updates_text(results, tasks, labels)
                   + ")",
         "seeds": str(seeds),
     }
 
 
 def write_markdown(path: Path, args, results: dict, code: str, wall: float, log: list[str]):
-    row = results_row(results, args.tasks, args.algos, args.steps, args.seeds)
+    row = results_row(results, args.tasks, args.algos, args.steps, args.seeds,
+                      args.small_batch)
+    all_labels = list(dict.fromkeys(label for task in args.tasks
+                                    for label in labels_of(task, args)))
     lines = [
         f"<!-- results-row {json.dumps(row, ensure_ascii=False)} -->",
         "## One agent as a team of one: TNPG, TRPO and PPO on Gymnasium MuJoCo",
@@ -210,10 +241,14 @@ def write_markdown(path: Path, args, results: dict, code: str, wall: float, log:
         "1,000-step limit (a truncation, bootstrapped) or when the robot falls.",
         "",
         f"**Budget.** {args.steps:,} env steps per seed: "
-        + _updates_text(results, args.tasks, args.algos) + ". Duan et al. ran 500 updates "
+        + _updates_text(results, args.tasks, all_labels) + ". Duan et al. ran 500 updates "
         "of 50,000 steps (25M); at 1M steps the presets give TNPG and TRPO 20 updates against "
         "PPO's 488, so this compares sample efficiency at Duan et al.'s batch size, not what "
-        "TNPG and TRPO reach at their own budget.",
+        "TNPG and TRPO reach at their own budget."
+        + (" The *4k batch* rows (" + ", ".join(args.small_batch) + ") run the TRPO preset "
+           f"with `num_envs={SMALL_BATCH_ENVS}`: 4,000 steps per update, so 12.5 times the "
+           "updates in the same steps, everything else (δ, networks, CG, critic fitting) "
+           "unchanged; they have no published counterpart." if args.small_batch else ""),
         "",
         "**Columns.** *Final training*: per seed, the mean of the last 10 % of the logged "
         "training `return_mean` values (undiscounted episode returns of the episodes that "
@@ -241,21 +276,25 @@ def write_markdown(path: Path, args, results: dict, code: str, wall: float, log:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task in args.tasks:
-        for algo in args.algos:
-            r = results.get((task, algo))
+        for label in labels_of(task, args):
+            r = results.get((task, label))
             if r is None:
-                lines.append(f"| {task} | {NAMES[algo]} | not run | | | | | | |")
+                lines.append(f"| {task} | {name_of(label)} | not run | | | | | | |")
                 continue
             if "error" in r:
-                lines.append(f"| {task} | {NAMES[algo]} | failed: {r['error']} | | | | | | |")
+                lines.append(f"| {task} | {name_of(label)} | failed: {r['error']} | | | | | "
+                             "| |")
                 continue
-            if algo in DUAN_TABLE1:
-                published = f"{DUAN_TABLE1[algo][task]} (Duan et al., rllab, 25M-step mean)"
+            if SMALL in label:
+                published = "–"
+            elif label in DUAN_TABLE1:
+                published = f"{DUAN_TABLE1[label][task]} (Duan et al., rllab, 25M-step mean)"
             else:
                 published = f"≈{PPO_FIG3[task]} (PPO paper Fig. 3, -v1, 1M)"
             minutes = f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "–"
             lines.append(
-                f"| {task} | {NAMES[algo]} | {_ci(r['final_train'])} | {_ci(r['eval_det'])} | "
+                f"| {task} | {name_of(label)} | {_ci(r['final_train'])} | "
+                f"{_ci(r['eval_det'])} | "
                 f"{_ci(r['lifetime'])} | "
                 + ", ".join(f"{v:.0f}" for v in r["final_train"])
                 + f" | {published} | {r['steps_per_s']:,.0f} | {minutes} |")
@@ -272,6 +311,7 @@ def write_markdown(path: Path, args, results: dict, code: str, wall: float, log:
         "```bash",
         f"python experiments/single_agent.py --steps {args.steps} --seeds {args.seeds} "
         f"--tasks {' '.join(args.tasks)} --algos {' '.join(args.algos)}"
+        + (f" --small-batch {' '.join(args.small_batch)}" if args.small_batch else "")
         + (f" --set {' '.join(args.set)}" if args.set else ""),
         "```",
         "",
@@ -295,6 +335,9 @@ def main(argv=None):
                         help="Gymnasium ids (the published columns cover the default four)")
     parser.add_argument("--episodes", type=int, default=10,
                         help="deterministic evaluation episodes per seed at the end")
+    parser.add_argument("--small-batch", nargs="*", default=[], metavar="TASK",
+                        help="on these tasks also run TRPO with 4 envs (4,000 steps per update "
+                             "instead of 50,000)")
     parser.add_argument("--set", nargs="*", default=[], metavar="[ALGO:]KEY=VALUE",
                         help="extra settings for every run, or only ALGO's (e.g. "
                              "trpo:num_envs=10); part of the request a finished run must match")
@@ -303,10 +346,14 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; report the finished runs found under --runs")
     args = parser.parse_args(argv)
-    unknown = [t for t in args.tasks if t not in PPO_FIG3]
+    unknown = [t for t in args.tasks + args.small_batch if t not in PPO_FIG3]
     if unknown:
         parser.error(f"--tasks {' '.join(unknown)}: no published numbers for these; valid: "
                      + ", ".join(TASKS))
+    unlisted = [t for t in args.small_batch if t not in args.tasks]
+    if unlisted:
+        parser.error(f"--small-batch {' '.join(unlisted)}: not among --tasks "
+                     + " ".join(args.tasks))
     for algo in args.algos:
         settings_of(algo, args)  # a malformed --set stops here, before anything is written
     out, runs = Path(args.out), Path(args.runs)
@@ -325,41 +372,44 @@ def main(argv=None):
         log.append(text)
 
     for task in args.tasks:
-        for algo in args.algos:
+        for label in labels_of(task, args):
+            algo = label.partition(SMALL)[0]
             env_id = f"gymnasium/{task}"
-            run_dir = run_dir_of(runs, task, algo, args)
-            settings = settings_of(algo, args)
+            run_dir = run_dir_of(runs, task, label, args)
+            settings = settings_of(label, args)
+            name = name_of(label)
             try:
                 if args.report_only:
                     done = run_dir / DONE_FILE
                     if not done.is_file():
-                        say(f"{task} {NAMES[algo]}: no finished run in {run_dir}; left out")
+                        say(f"{task} {name}: no finished run in {run_dir}; left out")
                         continue
                     info = json.loads(done.read_text())
                     if info.get("request", {}).get("settings") != settings:
-                        say(f"{task} {NAMES[algo]}: {run_dir} finished with other settings "
+                        say(f"{task} {name}: {run_dir} finished with other settings "
                             f"{info.get('request', {}).get('settings')}; left out")
                         continue
                 else:
                     info = train_or_skip(run_dir, algo, env_id, settings, CODE_AT_IMPORT)
                 r = read_run(run_dir)
             except Exception as err:  # report and go on with the other runs
-                results[(task, algo)] = {"error": f"{type(err).__name__}: {err}"}
-                say(f"{task} {NAMES[algo]} FAILED: {type(err).__name__}: {err}")
+                results[(task, label)] = {"error": f"{type(err).__name__}: {err}"}
+                say(f"{task} {name} FAILED: {type(err).__name__}: {err}")
                 traceback.print_exc(file=sys.stderr)
                 continue
             r.update(wall_s=info.get("wall_s"), code=info.get("code", "unknown"),
                      load=info.get("load"), run_dir=str(run_dir))
-            results[(task, algo)] = r
-            run_dirs.append(run_dir)
+            results[(task, label)] = r
+            run_dirs.append((run_dir, name))
             load = (f", load {r['load'][0]:.1f}->{r['load'][1]:.1f}" if r.get("load") else "")
-            say(f"{task} {NAMES[algo]:4s} {r['env_steps']:,} steps x {args.seeds} seed(s) | "
+            say(f"{task} {name:4s} {r['env_steps']:,} steps x {args.seeds} seed(s) | "
                 f"final train {_ci(r['final_train'])} | det eval {_ci(r['eval_det'])} | "
                 f"{r['steps_per_s']:,.0f} env-steps/s (all seeds) | wall "
                 f"{(r['wall_s'] or 0):.0f} s{' (earlier run)' if info.get('skipped') else ''}"
                 f"{load}")
     if run_dirs:
-        plot_runs(run_dirs, out / "single_agent.png")
+        plot_runs([d for d, _ in run_dirs], out / "single_agent.png",
+                  labels=[n for _, n in run_dirs])
     (runs / "results.json").write_text(json.dumps(
         {f"{t} {a}": r for (t, a), r in results.items()}, indent=2, default=str))
     codes = sorted({r.get("code", "unknown") for r in results.values() if "code" in r})

@@ -364,8 +364,11 @@ def _seed_name(seed):
 
 
 def plot_runs(run_dirs, out, x: str = "env_steps", y: str = "return_mean", ci: float = 0.95,
-              resamples: int = 2000, seed: int = 0):
+              resamples: int = 2000, seed: int = 0, labels=None):
     """Learning curves of one or many run folders, grouped by (algorithm, env).
+
+    ``labels`` (optional, one string per run folder) replaces each folder's algorithm name
+    in the grouping and the legend, e.g. to tell apart two settings of the same algorithm.
 
     One panel per env, one line per algorithm: the mean over all seeds of all run folders
     of that (algo, env), with a shaded ``ci`` percentile-bootstrap band over seeds
@@ -395,7 +398,14 @@ def plot_runs(run_dirs, out, x: str = "env_steps", y: str = "return_mean", ci: f
         raise PlotInputError(f"ci={ci} is out of range; must be > 0 and < 1")
     if resamples < 1:
         raise PlotInputError(f"resamples={resamples} is out of range; must be >= 1")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise PlotInputError(f"{len(labels)} labels for {len(run_dirs)} run folders; give one "
+                             "label per run folder")
     loaded = load_runs(run_dirs, x, y)
+    if labels is not None:
+        label_of = {str(d): str(label) for d, label in zip(run_dirs, labels)}
+        for run in loaded:
+            run["algo"] = label_of[run["dir"]]
     groups, notes = group_curves(loaded, x, y, ci=ci, resamples=resamples, seed=seed)
     if all(g["grid"] is None for g in groups.values()):
         raise PlotInputError(f"no finite {y} values to plot in the given run folders")

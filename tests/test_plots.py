@@ -201,6 +201,27 @@ def test_seeds_that_share_no_range_are_not_plotted(tmp_path):
     assert "share no env_steps range" in notes[0]
 
 
+def test_labels_split_runs_of_one_algorithm_and_must_match_the_folders(tmp_path):
+    from teamrl.plots import PlotInputError, plot_runs
+
+    steps = [1000, 2000, 3000]
+    a = fake_run(tmp_path / "a", "trpo", "gymnasium/Hopper-v5", {0: linear(0, steps)})
+    b = fake_run(tmp_path / "b", "trpo", "gymnasium/Hopper-v5", {0: linear(5, steps)},
+                 config_extra={"run": {"num_envs": 5}})
+    _, pooled, _ = plot_runs([a, b], tmp_path / "pooled.png", resamples=50)
+    assert list(pooled) == [("trpo", "gymnasium/Hopper-v5")]
+    assert pooled[("trpo", "gymnasium/Hopper-v5")]["n_seeds"] == 2
+    _, split, _ = plot_runs([a, b], tmp_path / "split.png", resamples=50,
+                            labels=["TRPO", "TRPO (5k batch)"])
+    assert list(split) == [("TRPO", "gymnasium/Hopper-v5"),
+                           ("TRPO (5k batch)", "gymnasium/Hopper-v5")]
+    np.testing.assert_allclose(split[("TRPO (5k batch)", "gymnasium/Hopper-v5")]["mean"],
+                               np.asarray(steps) / 1000 + 5)
+    with pytest.raises(PlotInputError, match="1 labels for 2 run folders"):
+        plot_runs([a, b], tmp_path / "bad.png", labels=["TRPO"])
+    assert not (tmp_path / "bad.png").exists()
+
+
 # ------------------------------------------------------------------ command line
 
 @pytest.fixture
