@@ -1,10 +1,11 @@
 """MAPPO, HAPPO, HATRPO and A2PO on SMAX (compiled SMAC) against the heuristic enemy.
 
 For each map in --maps and algorithm in --algos, train --seeds seeds vectorised in one
-compiled program for --steps env steps per seed with the shipped `smax` presets (recurrent
-policies: JaxMARL's MAPPO-RNN settings for MAPPO, HARL's SMAC settings for HAPPO/HATRPO,
-the A2PO code's for A2PO; per-map files where the sources tune them), then evaluate the
-final (``latest``) checkpoint deterministically.
+compiled program for --steps env steps per seed with the shipped `smax` presets (JaxMARL's
+MAPPO-RNN settings for MAPPO, HARL's SMAC settings for HAPPO/HATRPO, the A2PO code's for
+A2PO; per-map files where the sources tune them, which also decide whether the networks are
+GRUs or MLPs: the page states each run's), then evaluate the final (``latest``) checkpoint
+deterministically.
 
 SMAX is jaxmarl's re-implementation of SMAC's micromanagement with a heuristic enemy instead
 of StarCraft II's built-in AI; the published SMAC win rates (HARL at 10M-20M steps; REFERENCE.md
@@ -87,7 +88,8 @@ def main(argv=None):
                 "train_win_rate": final_column(run_dir, "win_rate"),
                 "eval_win_rate": [s["win_rate"] for s in det["seeds"]],
                 "wall_s": info["wall_s"], "steps_per_s": info.get("steps_per_s"),
-                "load": info.get("load"), "code": info.get("code"), "run_dir": str(run_dir)}
+                "load": info.get("load"), "code": info.get("code"), "run_dir": str(run_dir),
+                "network": network_of(run_dir)}
             r = results[(map_name, algo)]
             print(f"{map_name} {NAMES[algo]}: training win rate "
                   f"{np.mean(r['train_win_rate']):.3f} "
@@ -101,6 +103,17 @@ def main(argv=None):
     if not args.report_only:
         save_argv(Path(args.runs) / "argv.json", argv)
     write_markdown(out / "smax.md", args, results, code, time.time() - start)
+
+
+def network_of(run_dir: Path) -> str:
+    """'GRU 64 after [64, 64, 64]' or 'MLP [64, 64]', from the run's config.yaml."""
+    from teamrl.runs import read_config
+
+    net = read_config(run_dir).get("network", {})
+    hidden = list(net.get("hidden_sizes", []))
+    if net.get("recurrent"):
+        return f"GRU {net.get('gru_size')} after {hidden}, {net.get('chunk_length')}-step chunks"
+    return f"MLP {hidden}"
 
 
 def results_rows(args, results) -> list[str]:
@@ -118,7 +131,7 @@ def results_rows(args, results) -> list[str]:
                               if (map_name, a) in PUBLISHED)
         rows.append(results_row(
             claim=f"SMAX {map_name} vs the heuristic enemy: " + ", ".join(
-                NAMES[a] for a in args.algos) + " (recurrent, shipped presets) win battles",
+                NAMES[a] for a in args.algos) + " (shipped presets) win battles",
             ours=ours + (f" (failed: {', '.join(failed)})" if failed else "")
             + f"; deterministic evaluation win rate, {args.episodes} episodes per seed, "
               "mean over seeds",
@@ -131,31 +144,33 @@ def results_rows(args, results) -> list[str]:
 def write_markdown(path: Path, args, results, code: str, wall: float):
     code, wall = trained_code_and_wall(results, code, wall)
     lines = [
-        "# SMAX: " + ", ".join(NAMES[a] for a in args.algos) + " (recurrent)", "",
+        "# SMAX: " + ", ".join(NAMES[a] for a in args.algos), "",
         f"`python experiments/smax.py --steps {args.steps} --seeds {args.seeds} --maps "
-        f"{' '.join(args.maps)}` (code {code}); shipped `smax` presets, every policy and "
-        f"critic a GRU, {args.seeds} seeds in one compiled program per run on this 2-core "
+        f"{' '.join(args.maps)}` (code {code}); shipped `smax` presets (the network column "
+        f"says which runs are recurrent), {args.seeds} seeds in one compiled program per run on "
+        "this 2-core "
         f"machine ({wall / 3600:.1f} h of training in all). SMAX is jaxmarl's compiled "
         "SMAC with a heuristic enemy, so SMAC's published win rates (StarCraft II's AI) are "
         "for orientation only.", ""]
     if args.note:
         lines += [args.note, ""]
     lines += ["| map | algorithm | training win rate (last 10 % of rows) | deterministic eval "
-              "win rate | SMAC, published | wall time (all seeds) |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "win rate | SMAC, published | networks | wall time (all seeds) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for map_name in args.maps:
         for algo in args.algos:
             r = results.get((map_name, algo))
             if r is None:
                 continue
             if "error" in r:
-                lines.append(f"| {map_name} | {NAMES[algo]} | failed: {r['error']} | | | |")
+                lines.append(f"| {map_name} | {NAMES[algo]} | failed: {r['error']} | | | | |")
                 continue
             lines.append(
                 f"| {map_name} | {NAMES[algo]} | {100 * np.mean(r['train_win_rate']):.1f} % ± "
                 f"{100 * np.std(r['train_win_rate']):.1f} | "
                 f"{100 * np.mean(r['eval_win_rate']):.1f} % | "
-                f"{PUBLISHED.get((map_name, algo), '–')} | {r['wall_s'] / 60:.0f} min |")
+                f"{PUBLISHED.get((map_name, algo), '–')} | {r.get('network', '–')} | "
+                f"{r['wall_s'] / 60:.0f} min |")
     lines += ["", "Training win rate: the fraction of finished training episodes that were won, "
               "mean of the last 10 % of log rows per seed (± sd over seeds). Deterministic "
               f"eval: {args.episodes} episodes per seed of the final policy's greedy actions.",
