@@ -122,3 +122,41 @@ def test_obs_norm_statistics_and_inputs():
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-3)
     varying = raw.std(0) > 1e-3
     np.testing.assert_allclose(z.std(0)[varying], 1, atol=1e-2)
+
+
+ISSUE_IDS = ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Swimmer-v5", "Ant-v5",
+             "InvertedPendulum-v5", "InvertedDoublePendulum-v5", "CartPole-v1", "Acrobot-v1",
+             "MountainCar-v0"]
+
+
+@pytest.mark.parametrize("gym_id", ISSUE_IDS)
+def test_every_listed_gymnasium_id_is_a_one_agent_team_of_that_env(gym_id):
+    """Each id the issue lists: the team's sizes are the env's, and 100 random steps give the
+    env's own observations, rewards and end flags (the episode test above covers ends)."""
+    opts = default_env_options(f"gymnasium/{gym_id}")
+    opts.workers = 0
+    team = make_env(f"gymnasium/{gym_id}", opts)
+    env = gymnasium.make(gym_id)
+    spec = team.spec
+    discrete = isinstance(env.action_space, gymnasium.spaces.Discrete)
+    assert spec.n_agents == 1 and spec.obs_dims == env.observation_space.shape
+    assert spec.discrete == discrete
+    assert spec.action_dim == (env.action_space.n if discrete else env.action_space.shape[0])
+    rng = np.random.default_rng(1)
+    with team.vector(1) as vec:
+        vec.reset([3])
+        obs, _ = env.reset(seed=3)
+        b = vec.buffers
+        for _ in range(100):
+            np.testing.assert_allclose(b.obs[0, 0], obs, rtol=1e-6, atol=1e-6)
+            if discrete:
+                action = int(rng.integers(spec.action_dim))
+                vec.step(np.array([[action]]))
+            else:
+                action = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
+                vec.step(action[None, None])
+            obs, reward, terminated, truncated, _ = env.step(action)
+            assert b.reward[0] == pytest.approx(reward, rel=1e-5, abs=1e-6)
+            assert (b.terminated[0], b.truncated[0]) == (terminated, truncated)
+            if terminated or truncated:
+                break
