@@ -16,24 +16,29 @@ from teamrl.algos.sequential import take_agent
 from teamrl.envs.registry import default_env_options, make_env
 
 
-@pytest.mark.parametrize("gym_id", ["Hopper-v5", "CartPole-v1"])
-def test_one_agent_team_matches_the_gymnasium_env(gym_id):
+def _step_alongside(gym_id: str, seed: int, steps: int) -> bool:
+    """Step the one-agent team of ``gym_id`` and the env itself with the same random actions
+    for up to ``steps`` steps or one episode, asserting equal sizes, observations (and the
+    global state), rewards, end flags and the final observation; returns ``terminated``."""
     opts = default_env_options(f"gymnasium/{gym_id}")
     opts.workers = 0
     team = make_env(f"gymnasium/{gym_id}", opts)
     env = gymnasium.make(gym_id)
     spec = team.spec
+    discrete = isinstance(env.action_space, gymnasium.spaces.Discrete)
     assert spec.n_agents == 1 and spec.obs_dims == env.observation_space.shape
-    assert spec.discrete == isinstance(env.action_space, gymnasium.spaces.Discrete)
-    rng = np.random.default_rng(0)
+    assert spec.discrete == discrete
+    assert spec.action_dim == (env.action_space.n if discrete else env.action_space.shape[0])
+    rng = np.random.default_rng(seed)
+    terminated = False
     with team.vector(1) as vec:
-        vec.reset([5])
-        obs, _ = env.reset(seed=5)
+        vec.reset([seed])
+        obs, _ = env.reset(seed=seed)
         b = vec.buffers
-        for t in range(2000):
+        for _ in range(steps):
             np.testing.assert_allclose(b.obs[0, 0], obs, rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(b.state[0], obs, rtol=1e-6, atol=1e-6)
-            if spec.discrete:
+            if discrete:
                 action = int(rng.integers(spec.action_dim))
                 vec.step(np.array([[action]]))
             else:
@@ -45,7 +50,13 @@ def test_one_agent_team_matches_the_gymnasium_env(gym_id):
             if terminated or truncated:
                 np.testing.assert_allclose(b.final_obs[0, 0], obs, rtol=1e-6, atol=1e-6)
                 break
-        assert terminated  # random actions end these episodes by the game's own rules
+    return terminated
+
+
+@pytest.mark.parametrize("gym_id", ["Hopper-v5", "CartPole-v1"])
+def test_one_agent_team_matches_the_gymnasium_env(gym_id):
+    terminated = _step_alongside(gym_id, seed=5, steps=2000)
+    assert terminated  # random actions end these episodes by the game's own rules
 
 
 @pytest.mark.parametrize("algo_name", ["hatrpo", "trpo"])
@@ -133,30 +144,4 @@ ISSUE_IDS = ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Swimmer-v5", "Ant-v5
 def test_every_listed_gymnasium_id_is_a_one_agent_team_of_that_env(gym_id):
     """Each id the issue lists: the team's sizes are the env's, and 100 random steps give the
     env's own observations, rewards and end flags (the episode test above covers ends)."""
-    opts = default_env_options(f"gymnasium/{gym_id}")
-    opts.workers = 0
-    team = make_env(f"gymnasium/{gym_id}", opts)
-    env = gymnasium.make(gym_id)
-    spec = team.spec
-    discrete = isinstance(env.action_space, gymnasium.spaces.Discrete)
-    assert spec.n_agents == 1 and spec.obs_dims == env.observation_space.shape
-    assert spec.discrete == discrete
-    assert spec.action_dim == (env.action_space.n if discrete else env.action_space.shape[0])
-    rng = np.random.default_rng(1)
-    with team.vector(1) as vec:
-        vec.reset([3])
-        obs, _ = env.reset(seed=3)
-        b = vec.buffers
-        for _ in range(100):
-            np.testing.assert_allclose(b.obs[0, 0], obs, rtol=1e-6, atol=1e-6)
-            if discrete:
-                action = int(rng.integers(spec.action_dim))
-                vec.step(np.array([[action]]))
-            else:
-                action = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
-                vec.step(action[None, None])
-            obs, reward, terminated, truncated, _ = env.step(action)
-            assert b.reward[0] == pytest.approx(reward, rel=1e-5, abs=1e-6)
-            assert (b.terminated[0], b.truncated[0]) == (terminated, truncated)
-            if terminated or truncated:
-                break
+    _step_alongside(gym_id, seed=3, steps=100)
