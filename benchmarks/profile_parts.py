@@ -5,6 +5,13 @@ SMAX).
 
     python benchmarks/profile_parts.py --algo ippo --seeds 1 8
     python benchmarks/profile_parts.py --env smax/2s3z --algo mappo --seeds 1 --updates 3
+    python benchmarks/profile_parts.py --algo ippo --seeds 1 8 --floor
+
+``--floor`` also times a lower bound for the update on MPE: the same epochs x minibatches of
+bare PPO gradient steps (the two 64-64 tanh MLPs on the same rows, log-softmax, clipped
+surrogate, squared value error, entropy; plain SGD: no Adam, grad clipping, shuffling,
+normalisers or metrics), and the env-steps/s that the measured rollout plus that floor would
+allow. It shows how far any implementation of these settings can go on this machine.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import time
 
 import jax
+import jax.numpy as jnp
 
 from teamrl.cli_config import base_config
 from teamrl.config import apply_overrides
@@ -35,7 +43,46 @@ def timed(fn, *args, repeats: int = 3) -> float:
     return best
 
 
-def profile(algo: str, env_id: str, seeds: int, updates: int, overrides: dict) -> dict:
+def bare_ppo_update_ms(rows: int, obs_dim: int, n_actions: int, hidden: int, steps: int,
+                       repeats: int = 5) -> float:
+    """Milliseconds for ``steps`` bare PPO minibatch gradient steps on ``rows`` samples each
+    (actor and critic: obs_dim -> hidden -> hidden tanh MLPs), scanned in one jitted call."""
+    def mlp(key, sizes):
+        keys = jax.random.split(key, len(sizes) - 1)
+        return [(jax.random.normal(k, (a, b)) / jnp.sqrt(a), jnp.zeros(b))
+                for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+    def forward(layers, x):
+        for i, (w, b) in enumerate(layers):
+            x = x @ w + b
+            x = jnp.tanh(x) if i < len(layers) - 1 else x
+        return x
+
+    def loss(params, x, action, adv, target):
+        log_probs = jax.nn.log_softmax(forward(params[0], x))
+        log_prob = jnp.take_along_axis(log_probs, action[:, None], 1)[:, 0]
+        ratio = jnp.exp(log_prob - jax.lax.stop_gradient(log_prob))
+        surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 0.8, 1.2) * adv)
+        entropy = -(jnp.exp(log_probs) * log_probs).sum(-1)
+        value = forward(params[1], x)[:, 0]
+        return (-surrogate + 0.5 * (value - target) ** 2 - 0.01 * entropy).mean()
+
+    def run(params, data):
+        def step(params, minibatch):
+            grads = jax.grad(loss)(params, *minibatch)
+            return jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads), None
+        return jax.lax.scan(step, params, data)[0]
+
+    key = jax.random.PRNGKey(0)
+    params = (mlp(key, [obs_dim, hidden, hidden, n_actions]), mlp(key, [obs_dim, hidden, hidden, 1]))
+    data = (jax.random.normal(key, (steps, rows, obs_dim)),
+            jax.random.randint(key, (steps, rows), 0, n_actions),
+            jax.random.normal(key, (steps, rows)), jax.random.normal(key, (steps, rows)))
+    return timed(jax.jit(run), params, data, repeats=repeats) * 1000
+
+
+def profile(algo: str, env_id: str, seeds: int, updates: int, overrides: dict,
+            floor: bool = False) -> dict:
     config = base_config(algo, env_id)
     settings = (SMAX_JAXMARL_MAPPO_RNN if env_id.startswith("smax/")
                 else JAXMARL_IPPO_SETTINGS)
@@ -70,6 +117,14 @@ def profile(algo: str, env_id: str, seeds: int, updates: int, overrides: dict) -
            "update_ms": ms(timed(update_fn, runner.train_state, batch, keys)),
            "full_ms": ms(timed(full, runner))}
     out["env_steps_per_s"] = round(seeds * config.run.num_envs * length / out["full_ms"] * 1000)
+    if floor:
+        spec, cfg = trainer.spec, config.algo
+        rows = seeds * config.run.num_envs * length * spec.n_agents // cfg.minibatches
+        out["floor_update_ms"] = round(bare_ppo_update_ms(
+            rows, batch.obs.obs.shape[-1], spec.action_dim, config.network.hidden_sizes[0],
+            cfg.epochs * cfg.minibatches), 2)
+        out["floor_env_steps_per_s"] = round(seeds * config.run.num_envs * length / (
+            out["rollout_ms"] + out["floor_update_ms"]) * 1000)
     return out
 
 
@@ -79,11 +134,14 @@ def main():
     parser.add_argument("--env", default="mpe/simple_spread")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--floor", action="store_true",
+                        help="also time bare PPO steps on the same rows (MPE; see above)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.overrides)
     for seeds in args.seeds:
-        print(profile(args.algo, args.env, seeds, args.updates, overrides), flush=True)
+        print(profile(args.algo, args.env, seeds, args.updates, overrides, args.floor),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -294,3 +294,42 @@ def test_auto_reset_step():
     obs, state, rew, dones, _ = env.step(jax.random.PRNGKey(1), state, acts)
     assert float(rew["agent_0"]) == 11.0 and bool(dones["__all__"])
     assert int(state.step) == 0 and not bool(state.done)
+
+
+def _softmax_gradient_ascent(payoff, logits, lr, entropy_coef, iterations):
+    """Exact expected dynamics of two independent softmax actors on a shared-payoff matrix
+    game: each ascends J = p1ᵀ R p2 + entropy_coef·(H(p1) + H(p2)) in its logits (the
+    direction of MAPPO/IPPO's policy-gradient update in expectation; a baseline or a critic
+    does not change it). logits [K, 2, A] for K starts; returns the final [K, 2, A] policies."""
+    payoff = np.asarray(payoff, float)
+    for _ in range(iterations):
+        policy = np.exp(logits - logits.max(-1, keepdims=True))
+        policy /= policy.sum(-1, keepdims=True)
+        p, q = policy[:, 0], policy[:, 1]
+        action_values = np.stack([q @ payoff.T, p @ payoff], axis=1)  # [K, 2, A]
+        score = action_values - entropy_coef * np.log(policy)
+        logits = logits + lr * policy * (score - (policy * score).sum(-1, keepdims=True))
+    policy = np.exp(logits - logits.max(-1, keepdims=True))
+    return policy / policy.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("lr, entropy_coef", [(0.1, 0.0), (1.0, 0.0), (1.0, 0.01), (0.3, 0.1)])
+def test_climbing_policy_gradient_from_uniform_reaches_7_not_11(lr, entropy_coef):
+    """Why the MAPPO climbing test asserts a coordinated equilibrium (>= 7) and not the
+    optimum 11: from (near-)uniform policies, which is what the actor's orthogonal init with
+    output gain 0.01 gives, the exact expected policy-gradient dynamics go to the (1, 1)
+    equilibrium worth 7 for every step size and entropy bonus we try, while the optimum
+    (0, 0) is itself a stable point of the same dynamics (a start near it stays there)."""
+    payoff = MATRICES["climbing"]
+    rng = np.random.default_rng(0)
+    near_uniform = 0.01 * rng.standard_normal((64, 2, 3))
+    policy = _softmax_gradient_ascent(payoff, near_uniform, lr, entropy_coef, 20_000)
+    values = np.einsum("ka,ab,kb->k", policy[:, 0], np.asarray(payoff, float), policy[:, 1])
+    np.testing.assert_allclose(values, 7.0, atol=0.1)
+    assert (policy.argmax(-1) == 1).all()
+
+    near_optimum = np.tile(np.array([3.0, 0.0, 0.0]), (4, 2, 1))
+    policy = _softmax_gradient_ascent(payoff, near_optimum, lr, entropy_coef, 20_000)
+    assert (policy.argmax(-1) == 0).all()
+    values = np.einsum("ka,ab,kb->k", policy[:, 0], np.asarray(payoff, float), policy[:, 1])
+    assert (values > 10.0).all(), values
