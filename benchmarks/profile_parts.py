@@ -27,9 +27,10 @@ from teamrl.config import apply_overrides
 from teamrl.train import Trainer
 
 try:
-    from throughput import JAXMARL_IPPO_SETTINGS, SMAX_JAXMARL_MAPPO_RNN
+    from throughput import FOUNDATION_SHARED, JAXMARL_IPPO_SETTINGS, SMAX_JAXMARL_MAPPO_RNN
 except ImportError:  # run from the repository root
-    from benchmarks.throughput import JAXMARL_IPPO_SETTINGS, SMAX_JAXMARL_MAPPO_RNN
+    from benchmarks.throughput import (FOUNDATION_SHARED, JAXMARL_IPPO_SETTINGS,
+                                       SMAX_JAXMARL_MAPPO_RNN)
 
 
 def timed(fn, *args, repeats: int = 3) -> float:
@@ -86,6 +87,8 @@ def profile(algo: str, env_id: str, seeds: int, updates: int, overrides: dict,
     config = base_config(algo, env_id)
     settings = (SMAX_JAXMARL_MAPPO_RNN if env_id.startswith("smax/")
                 else JAXMARL_IPPO_SETTINGS)
+    if not env_id.startswith("smax/") and algo in FOUNDATION_SHARED:
+        settings = {**settings, "share_actor": "true"}  # as throughput.py (JaxMARL's IPPO)
     apply_overrides(config, {**settings, "seeds": seeds, **overrides})
     trainer = Trainer(config)
     runner = trainer.init()
