@@ -27,10 +27,9 @@ from teamrl.config import apply_overrides
 from teamrl.train import Trainer
 
 try:
-    from throughput import FOUNDATION_SHARED, JAXMARL_IPPO_SETTINGS, SMAX_JAXMARL_MAPPO_RNN
+    from throughput import benchmark_settings
 except ImportError:  # run from the repository root
-    from benchmarks.throughput import (FOUNDATION_SHARED, JAXMARL_IPPO_SETTINGS,
-                                       SMAX_JAXMARL_MAPPO_RNN)
+    from benchmarks.throughput import benchmark_settings
 
 
 def timed(fn, *args, repeats: int = 3) -> float:
@@ -85,10 +84,7 @@ def bare_ppo_update_ms(rows: int, obs_dim: int, n_actions: int, hidden: int, ste
 def profile(algo: str, env_id: str, seeds: int, updates: int, overrides: dict,
             floor: bool = False) -> dict:
     config = base_config(algo, env_id)
-    settings = (SMAX_JAXMARL_MAPPO_RNN if env_id.startswith("smax/")
-                else JAXMARL_IPPO_SETTINGS)
-    if not env_id.startswith("smax/") and algo in FOUNDATION_SHARED:
-        settings = {**settings, "share_actor": "true"}  # as throughput.py (JaxMARL's IPPO)
+    settings = benchmark_settings(algo, env_id, config)
     apply_overrides(config, {**settings, "seeds": seeds, **overrides})
     trainer = Trainer(config)
     runner = trainer.init()
@@ -107,7 +103,7 @@ def profile(algo: str, env_id: str, seeds: int, updates: int, overrides: dict,
     def update_only(ts, batch, key):
         def body(ts, k):
             ts, metrics = trainer.algo.update(ts, batch, k)
-            return ts, metrics["actor_loss"]
+            return ts, jax.tree.leaves(metrics)[0]  # any output keeps the update live
         return jax.lax.scan(body, ts, jax.random.split(key, updates))
 
     rollout_fn = jax.jit(jax.vmap(rollout_only))

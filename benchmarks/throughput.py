@@ -57,17 +57,23 @@ def parse_algo(spec: str) -> tuple[str, dict]:
     return name, dict(item.split("=", 1) for item in rest.split(",") if item)
 
 
+def benchmark_settings(algo: str, env_id: str, config) -> dict:
+    """The settings this benchmark trains ``algo`` with on ``env_id`` (JaxMARL's, above),
+    restricted to the keys ``config`` has (HATRPO's actors, for instance, have no ``lr``)."""
+    if env_id.startswith("smax/"):
+        return dict(SMAX_JAXMARL_MAPPO_RNN)
+    known = {f.name for section in config.sections().values()
+             for f in dataclasses.fields(section)}
+    settings = {k: v for k, v in JAXMARL_IPPO_SETTINGS.items() if k in known}
+    if algo in FOUNDATION_SHARED:
+        settings["share_actor"] = "true"
+    return settings
+
+
 def measure(spec: str, env_id: str, steps: int, seeds: int) -> dict:
     algo, extra = parse_algo(spec)
     config = base_config(algo, env_id)
-    known = {f.name for section in config.sections().values()
-             for f in dataclasses.fields(section)}
-    if env_id.startswith("smax/"):
-        settings = dict(SMAX_JAXMARL_MAPPO_RNN)
-    else:
-        settings = {k: v for k, v in JAXMARL_IPPO_SETTINGS.items() if k in known}
-        if algo in FOUNDATION_SHARED:
-            settings["share_actor"] = "true"
+    settings = benchmark_settings(algo, env_id, config)
     apply_overrides(config, {**settings, **extra, "total_steps": steps, "seeds": seeds})
     trainer = Trainer(config)
     runner = trainer.init()
