@@ -105,9 +105,9 @@ def results_row(claim: str, ours: str, published: str = "–", budget: str = "",
 
 
 # ------------------------------------------------------------- helpers for --report-only
-def require_saved_run(run_dir, algo: str, env_id: str, settings: dict) -> None:
-    """``--report-only``: exit EXIT_NO_SAVED_RUNS unless ``run_dir`` finished with exactly this
-    request (the record experiment_runs.train_or_skip leaves), so nothing gets trained."""
+def saved_run_finished(run_dir, algo: str, env_id: str, settings: dict) -> bool:
+    """Whether ``run_dir`` finished with exactly this request (the record
+    experiment_runs.train_or_skip leaves)."""
     from experiment_runs import DONE_FILE
 
     done = Path(run_dir) / DONE_FILE
@@ -116,7 +116,13 @@ def require_saved_run(run_dir, algo: str, env_id: str, settings: dict) -> None:
         saved = json.loads(done.read_text()).get("request") if done.is_file() else None
     except (OSError, json.JSONDecodeError):
         saved = None
-    if saved != request:
+    return saved == request
+
+
+def require_saved_run(run_dir, algo: str, env_id: str, settings: dict) -> None:
+    """``--report-only``: exit EXIT_NO_SAVED_RUNS unless ``run_dir`` finished with exactly this
+    request, so nothing gets trained."""
+    if not saved_run_finished(run_dir, algo, env_id, settings):
         print(f"--report-only: no finished run of {algo} on {env_id} with {settings} in "
               f"{run_dir}; run the script without --report-only to train it", file=sys.stderr)
         raise SystemExit(EXIT_NO_SAVED_RUNS)

@@ -16,7 +16,7 @@ experiments/make_results.py) and docs/results/smax.png (win-rate curves with 95 
 bands over seeds). Run folders go under --runs (default experiments/saved/smax, kept by git
 without checkpoints: experiment_runs.py); a finished run with the same settings is not trained
 again, so the grid can be spread over sessions. ``--report-only`` rebuilds the page from the
-saved runs.
+saved runs (pairs not finished yet read "not run yet").
 
     python experiments/smax.py --steps 2000000 --seeds 3
     python experiments/smax.py --maps 3m --algos mappo happo --steps 500000
@@ -35,7 +35,8 @@ import numpy as np
 
 from experiment_runs import (SAVED, code_version, evaluate_or_reuse, final_column,
                              trained_code_and_wall, train_or_skip)
-from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
+from make_results import (EXIT_NO_SAVED_RUNS, results_row, reuse_saved_argv, save_argv,
+                          saved_run_finished)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["mappo", "happo", "hatrpo", "a2po"]
@@ -72,8 +73,12 @@ def main(argv=None):
             env_id = f"smax/{map_name}"
             settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
             run_dir = Path(args.runs) / f"{map_name}_{algo}_steps{args.steps}_seeds{args.seeds}"
-            if args.report_only:
-                require_saved_run(run_dir, algo, env_id, settings)
+            if args.report_only and not saved_run_finished(run_dir, algo, env_id, settings):
+                # The grid spans sessions: the page shows the pairs finished so far.
+                results[(map_name, algo)] = {"not_run": True}
+                print(f"{map_name} {NAMES[algo]}: no finished run in {run_dir}; not run yet",
+                      flush=True)
+                continue
             try:
                 info = train_or_skip(run_dir, algo, env_id, settings, code)
                 det = evaluate_or_reuse(run_dir, args.episodes, True, checkpoint="latest")
@@ -96,6 +101,8 @@ def main(argv=None):
                   f"{[round(v, 3) for v in r['train_win_rate']]}, det eval "
                   f"{np.mean(r['eval_win_rate']):.3f}, wall {r['wall_s'] / 60:.0f} min",
                   flush=True)
+    if args.report_only and not run_dirs:
+        raise SystemExit(EXIT_NO_SAVED_RUNS)
     if run_dirs:
         plot_runs(run_dirs, out / "smax.png", y="win_rate")
     (Path(args.runs) / "results.json").write_text(json.dumps(
@@ -126,13 +133,15 @@ def results_rows(args, results) -> list[str]:
             continue
         ours = ", ".join(f"{NAMES[a]} {100 * np.mean(results[(map_name, a)]['eval_win_rate']):.1f} %"
                          for a in done)
-        failed = [NAMES[a] for a in args.algos if a not in done]
+        failed = [NAMES[a] for a in args.algos if "error" in results.get((map_name, a), {})]
+        not_run = [NAMES[a] for a in args.algos if "not_run" in results.get((map_name, a), {})]
         published = "; ".join(f"{NAMES[a]} {PUBLISHED[(map_name, a)]}" for a in args.algos
                               if (map_name, a) in PUBLISHED)
         rows.append(results_row(
             claim=f"SMAX {map_name} vs the heuristic enemy: " + ", ".join(
                 NAMES[a] for a in args.algos) + " (shipped presets) win battles",
             ours=ours + (f" (failed: {', '.join(failed)})" if failed else "")
+            + (f" (not run yet: {', '.join(not_run)})" if not_run else "")
             + f"; deterministic evaluation win rate, {args.episodes} episodes per seed, "
               "mean over seeds",
             published=(published + " on SMAC (StarCraft II) at 10M steps (HARL)")
@@ -161,6 +170,9 @@ def write_markdown(path: Path, args, results, code: str, wall: float):
         for algo in args.algos:
             r = results.get((map_name, algo))
             if r is None:
+                continue
+            if "not_run" in r:
+                lines.append(f"| {map_name} | {NAMES[algo]} | not run yet | | | | |")
                 continue
             if "error" in r:
                 lines.append(f"| {map_name} | {NAMES[algo]} | failed: {r['error']} | | | | |")
