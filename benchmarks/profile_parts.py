@@ -11,7 +11,7 @@ SMAX).
 bare PPO gradient steps (the two 64-64 tanh MLPs on the same rows, log-softmax, clipped
 surrogate, squared value error, entropy; plain SGD: no Adam, grad clipping, shuffling,
 normalisers or metrics), and the env-steps/s that the measured rollout plus that floor would
-allow. It shows how far any implementation of these settings can go on this machine.
+allow: how far an XLA-compiled implementation of these settings can go on this machine.
 """
 
 from __future__ import annotations
