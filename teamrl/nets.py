@@ -270,6 +270,13 @@ class Actor:
                             dim_mask=avail)
 
 
+def death_mask(x: jax.Array, alive: jax.Array, n_id: int) -> jax.Array:
+    """x [..., N, F], alive [..., N] -> x with a dead agent's row zeroed except its last
+    ``n_id`` entries (its one-hot id): MAPPO's death masking of critic inputs."""
+    keep = alive[..., None] | (jnp.arange(x.shape[-1]) >= x.shape[-1] - n_id)
+    return jnp.where(keep, x, 0.0)
+
+
 @dataclass(frozen=True)
 class Critic:
     """Value function returning one value per agent: [..., N].
@@ -278,7 +285,11 @@ class Critic:
     agents; with ``agent_state`` MAPPO's agent-specific state instead: per agent the world
     state, its own observation and its one-hot id, one shared network, death-masked (a dead
     agent's input is zeros but its id).
-    ``central=False``: V_i(o_i) from each agent's observation [..., N, D] (stacked or shared).
+    ``central=False``: V_i(o_i) from each agent's observation [..., N, D] (stacked or shared),
+    death-masked the same way.
+
+    Per-agent critics are trained on dead agents' samples too (``critic_loss``): the value of
+    the death-masked input is the bootstrap of the step on which the agent dies.
     """
 
     spec: TeamSpec
@@ -325,7 +336,10 @@ class Critic:
         """The critic's input: obs.obs [..., N, D], obs.state [..., S], or the agent-specific
         state [..., N, S + D_own + N] (ids last; dead agents keep only their id)."""
         if not self.central:
-            return obs.obs
+            # Local critics see the death-masked observation: a dead agent keeps only its id
+            # (all zeros without ids), so its value is one learned number, V_i(dead).
+            n_id = self.spec.n_agents if self.spec.agent_id else 0
+            return death_mask(obs.obs, obs.alive, n_id)
         if not self.agent_state:
             return obs.state
         spec, n = self.spec, self.spec.n_agents
@@ -333,9 +347,7 @@ class Critic:
         lead = own.shape[:-1]
         state = jnp.broadcast_to(obs.state[..., None, :], lead + obs.state.shape[-1:])
         ids = jnp.broadcast_to(jnp.eye(n, dtype=own.dtype), lead + (n,))
-        x = jnp.concatenate([state, own, ids], axis=-1)
-        keep = obs.alive[..., None] | (jnp.arange(x.shape[-1]) >= x.shape[-1] - n)
-        return jnp.where(keep, x, 0.0)
+        return death_mask(jnp.concatenate([state, own, ids], axis=-1), obs.alive, n)
 
     def apply(self, params, x):
         """Features (or a RecurrentInput of them) -> (values [..., N], hidden or None)."""

@@ -145,9 +145,7 @@ def test_iql_loss_against_a_hand_computation():
     expected = 0.0
     for i in range(2):
         errors = []
-        for b in range(3):
-            if not sample["alive"][b, i]:
-                continue
+        for b in range(3):  # every sample: a dead agent's Q is a bootstrap, so it is learned
             a_star = max((a for a in range(3) if avail[b, i, a]), key=lambda a: q_next[b, i, a])
             bootstrap = 0.0 if sample["terminated"][b] else q_next_target[b, i, a_star]
             y = float(sample["reward"][b]) + 0.8 * bootstrap

@@ -315,10 +315,15 @@ class OnPolicyActorCritic:
 
     def critic_loss(self, critic_params, mb: dict) -> jax.Array:
         """The critic's loss on a minibatch dict with obs, value, target (and critic_in for
-        recurrent critics), agents reduced."""
+        recurrent critics), agents reduced.
+
+        Every sample counts, dead agents' included (as in HARL's critics). A dead agent's
+        value is the GAE bootstrap of the step on which it died, and the team's reward goes
+        on after its death, so that value must be learned: masking it out of the loss left it
+        at whatever the network output, and gave dying an arbitrary advantage (SMAX 2s3z with
+        ``critic_state=agent``: 0 % wins, against 40-78 % at 600k steps once trained)."""
         pred = self.critic_values(critic_params, mb)
-        per_agent = masked_agent_mean(value_loss(pred, mb["value"], mb["target"], self.cfg),
-                                      mb["obs"].alive)
+        per_agent = value_loss(pred, mb["value"], mb["target"], self.cfg).mean(0)
         return self.agent_reduce(per_agent, shared=not self.critic_tx.stacked)
 
 

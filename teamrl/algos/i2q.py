@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from teamrl.algos.iql import IQL, IQLConfig, masked_mean, take_action
+from teamrl.algos.iql import IQL, IQLConfig, take_action
 from teamrl.config import option
 from teamrl.nets import AgentStack
 
@@ -104,29 +104,29 @@ class I2Q(IQL):
         """One agent's Q, Q_ss and V losses on its replay columns (leaves [B, ...]).
 
         The three losses share no parameters and each uses only target networks for its
-        regression target, so one gradient of their sum is the three separate gradients."""
+        regression target, so one gradient of their sum is the three separate gradients.
+        All three are values, trained on every sample, dead agents' too (see IQL's loss)."""
         cfg = self.cfg
         nets = self.networks()
         apply = lambda name, p, x: nets[name][0].module.apply(p[name], x)
-        alive = d["alive"]
         transition = jnp.concatenate([d["obs"], d["next_obs"]], axis=-1)  # [B, 2D]
         not_done = 1.0 - d["terminated"].astype(jnp.float32)
 
         ideal_target = jax.lax.stop_gradient(
             d["reward"] + cfg.gamma * not_done * apply("v", target_one, d["next_obs"])[:, 0])
         qss = apply("qss", params_one, transition)[:, 0]
-        qss_loss = masked_mean((qss - ideal_target) ** 2, alive)
+        qss_loss = jnp.mean((qss - ideal_target) ** 2)
 
         qss_target = jax.lax.stop_gradient(apply("qss", target_one, transition)[:, 0])
         value = apply("v", params_one, d["obs"])[:, 0]
-        v_loss = masked_mean(expectile_loss(qss_target - value, cfg.expectile), alive)
+        v_loss = jnp.mean(expectile_loss(qss_target - value, cfg.expectile))
 
         target = cfg.lamb * ideal_target + (1.0 - cfg.lamb) * self.regression_target(
             params_one, target_one, d)
         q_taken = take_action(apply("q", params_one, d["obs"]), d["action"])
         td_error = q_taken - target
-        q_loss = masked_mean(td_error**2, alive)
+        q_loss = jnp.mean(td_error**2)
         metrics = {"q_loss": q_loss, "qss_loss": qss_loss, "v_loss": v_loss,
-                   "q_taken": masked_mean(q_taken, alive), "v_mean": masked_mean(value, alive),
-                   "td_abs": masked_mean(jnp.abs(td_error), alive)}
+                   "q_taken": q_taken.mean(), "v_mean": value.mean(),
+                   "td_abs": jnp.abs(td_error).mean()}
         return q_loss + qss_loss + v_loss, metrics

@@ -205,7 +205,8 @@ class ContinuousI2Q(IQL):
     def agent_loss(self, params_one: dict, target_one: dict, d: dict):
         """One agent's four losses on its replay columns d (leaves [B, ...], masks [D] /
         [A]). Each loss reaches only its own network (stop-gradients below), so one gradient
-        of the sum is the four separate gradients."""
+        of the sum is the four separate gradients. The values (Q_ss, Q) learn from every
+        sample, dead agents' too; the model and the actor only from alive agents'."""
         cfg = self.cfg
         modules = {name: stack.module for name, (stack, _) in self.networks().items()}
         apply = lambda name, p, *xs: modules[name].apply(p[name], jnp.concatenate(xs, -1))
@@ -227,7 +228,7 @@ class ContinuousI2Q(IQL):
         # Q_ss(o, o') <- r + γ(1 − d)·Q_ss^t(o', f^t(o', π^t(o')))
         qss_target = frozen(d["reward"] + cfg.gamma * not_done * qss_next)
         qss = apply("qss", params_one, obs, nxt)[:, 0]
-        qss_loss = masked_mean((qss - qss_target) ** 2, alive)
+        qss_loss = jnp.mean((qss - qss_target) ** 2)
 
         # f: −λ·Q_ss(o, f(o, a)) + prediction error (Q_ss's parameters frozen)
         pred = apply("model", params_one, obs, act)
@@ -238,7 +239,7 @@ class ContinuousI2Q(IQL):
         q_target = frozen(jnp.maximum(q_model, q_seen))
         q_taken = apply("q", params_one, obs, act)[:, 0]
         td_error = q_taken - q_target
-        q_loss = masked_mean(td_error**2, alive)
+        q_loss = jnp.mean(td_error**2)
 
         # π: maximise Q_i(o, π(o)) (the critic's parameters frozen)
         actor_loss = -masked_mean(apply("q", frozen(params_one), obs,
@@ -246,7 +247,7 @@ class ContinuousI2Q(IQL):
 
         metrics = {"q_loss": q_loss, "qss_loss": qss_loss, "model_loss": f_loss,
                    "actor_loss": actor_loss, "lambda": lam, "model_error": error,
-                   "q_taken": masked_mean(q_taken, alive),
-                   "td_abs": masked_mean(jnp.abs(td_error), alive),
+                   "q_taken": q_taken.mean(),
+                   "td_abs": jnp.abs(td_error).mean(),
                    "model_gain": masked_mean(q_model - q_seen, alive)}
         return q_loss + qss_loss + f_loss + actor_loss, metrics

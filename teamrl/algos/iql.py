@@ -5,7 +5,7 @@ decaying linearly 1 → 0.05, experience replay. For agent i and a transition
 (o, a, r, o', terminated) of the team,
 
     y_i = r + γ·(1 − terminated)·Q_i^target(o'_i, argmax_{a' available} Q_i(o'_i, a'))
-    loss_i = E[(Q_i(o_i, a_i) − y_i)²]        (over the agent's alive samples)
+    loss_i = E[(Q_i(o_i, a_i) − y_i)²]        (over all samples, dead agents' too)
 
 (``double_q=false``: max_{a'} Q_i^target(o'_i, a')). Only termination stops bootstrapping: a
 time-limit truncation bootstraps from o', the observation the step reached before the reset
@@ -299,9 +299,11 @@ class IQL:
         stack, _ = self.networks()["q"]
         q_taken = take_action(stack.module.apply(params_one["q"], d["obs"]), d["action"])
         td_error = q_taken - self.regression_target(params_one, target_one, d)
-        loss = masked_mean(td_error**2, d["alive"])
-        return loss, {"q_loss": loss, "q_taken": masked_mean(q_taken, d["alive"]),
-                      "td_abs": masked_mean(jnp.abs(td_error), d["alive"])}
+        # Every sample, dead agents' included: Q_i of a dead agent's input is the bootstrap of
+        # the step on which it died, so it must be learned (see ``common.critic_loss``).
+        loss = jnp.mean(td_error**2)
+        return loss, {"q_loss": loss, "q_taken": q_taken.mean(),
+                      "td_abs": jnp.abs(td_error).mean()}
 
     def agent_constants(self) -> dict:
         """Fixed per-agent arrays [N, ...] added to every agent's replay columns in

@@ -6,7 +6,7 @@ heuristic enemy, with the protocol hooks the team adapter reads.
 * ``world_state(state)``: the env's global state (every unit's health, position, cooldown and
   type, zeroed for dead units, plus teams and types) for centralised critics;
 * ``agents_alive(state)``: [N] bool, which allied units are alive (dead agents are masked out
-  of every loss; their only available action is ``stop``);
+  of policy losses and death-masked for critics; their only available action is ``stop``);
 * ``won(state)``: the battle is won, i.e. every enemy is dead and at least one ally is alive
   (jaxmarl pays its win bonus under the same condition).
 
