@@ -101,6 +101,12 @@ def make_tx(lr: float, cfg: ActorCriticConfig, gradient_steps: int) -> optax.Gra
                        optax.adam(schedule, eps=cfg.adam_eps))
 
 
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of x over the entries where mask is set (all axes; 0 if none)."""
+    mask = mask.astype(x.dtype)
+    return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
 def masked_agent_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """x, mask [B, N] -> [N]: mean over samples where mask is set."""
     mask = mask.astype(x.dtype)

@@ -62,7 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from teamrl.algos.iql import IQL, QTrainState, masked_mean
+from teamrl.algos.common import masked_mean
+from teamrl.algos.iql import IQL, QTrainState
 from teamrl.config import ConfigError
 from teamrl.envs.spec import TeamObs
 from teamrl.nets import MLP, AgentStack

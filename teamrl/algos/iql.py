@@ -161,12 +161,6 @@ def q_learning_target(next_q_online, next_q_target, next_avail, reward, terminat
     return jax.lax.stop_gradient(target)
 
 
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of x over the entries where mask is set (0 if none)."""
-    mask = mask.astype(x.dtype)
-    return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-
-
 def agent_major(sample: dict, n_agents: int) -> dict:
     """Replay sample leaves [B, N, ...] (or team-level [B]) -> [N, B, ...] for a vmap over
     agents; team-level reward and terminated are broadcast to every agent."""

@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from teamrl.algos.common import global_norm, run_epochs
+from teamrl.algos.common import global_norm, masked_mean, run_epochs
 
 
 def take_agent(stacked, agent):
@@ -33,12 +33,6 @@ def agent_columns(data: dict, agent) -> dict:
     """Leaves [B, N, ...] -> [B, 1, ...]: one agent's samples, keeping a length-1 agent axis so
     per-agent and shared (all N agents) updates share their code."""
     return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, agent, 1, axis=1), data)
-
-
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of x over the entries where mask is set (all axes)."""
-    mask = mask.astype(x.dtype)
-    return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
 def actor_data(data: dict) -> dict:
