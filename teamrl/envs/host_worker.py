@@ -8,8 +8,8 @@ observations and actions travel through shared memory (nothing is pickled per st
 
 Agents that leave an episode early (PettingZoo envs whose ``env.agents`` shrinks): from the
 step after they leave, their observation row is zero, ``alive`` is False (so every algorithm
-masks them out of its policy losses; critics see them death-masked), their actions are not sent to the env, and their reward
-counts as 0. The episode ends when no agent is left or every remaining agent is done; it is a
+masks them out of its policy losses; critics see them death-masked), their actions are not
+sent to the env, and their reward counts as 0. The episode ends when no agent is left or every remaining agent is done; it is a
 truncation (bootstrapped) if any agent reported truncation at that step or the adapter's
 ``max_steps`` was reached, otherwise a termination.
 """

@@ -6,9 +6,10 @@ The env protocol is JaxMARL's ``MultiAgentEnv``: ``reset(key) -> (obs_dict, stat
 ``observation_space`` / ``action_space`` and an optional ``get_avail_actions(state)``. Envs may
 also provide ``world_state(state) -> [S]`` (otherwise the global state is the concatenation of
 the agents' raw observations), ``agents_alive(state) -> [N] bool`` (agents that died are
-masked out of every policy loss and death-masked for critics; default: all alive) and ``won(state) -> [] bool`` (whether a
-finished episode was won; win rates are then logged). We call ``step_env`` and reset ourselves so that the observation
-reached at a time limit is kept for bootstrapping (JaxMARL's ``step`` would discard it).
+masked out of every policy loss and death-masked for critics; default: all alive) and
+``won(state) -> [] bool`` (whether a finished episode was won; win rates are then logged). We
+call ``step_env`` and reset ourselves so that the observation reached at a time limit is kept
+for bootstrapping (JaxMARL's ``step`` would discard it).
 """
 
 from __future__ import annotations
