@@ -1,6 +1,7 @@
 """Shared by the experiment scripts: the code version of the checkout, resumable runs (a run
-folder that already finished with the same request is not trained again) and evaluations
-reused from the run folder.
+folder that already finished with the same request is not trained again; one interrupted
+with the same config continues from its latest checkpoint) and evaluations reused from the
+run folder.
 
 Runs that take longer than one working session go under ``SAVED`` (experiments/saved/<name>/),
 which is tracked by git except each run's checkpoints/ and tb/ (see .gitignore): what a report
@@ -38,7 +39,12 @@ def train_or_skip(run_dir: Path, algo: str, env_id: str, settings: dict, code: s
                   force: bool = False) -> dict:
     """Train ``algo`` on ``env_id`` with ``settings`` into ``run_dir`` unless that folder
     already finished with exactly these settings (or ``force``); returns {"wall_s",
-    "skipped", ...}. ``code`` is recorded (the version taken when teamrl was imported)."""
+    "skipped", ...}. ``code`` is recorded (the version taken when teamrl was imported).
+
+    A run interrupted with the same config (a checkpoint short of the target, as a grid
+    stopped at the end of a session leaves) is resumed from its latest checkpoint, not
+    restarted; its record then adds the interrupted part's training time to ``wall_s``,
+    says ``resumed_at`` (updates done before) and ``code`` is the version that finished it."""
     from teamrl.cli_config import base_config
     from teamrl.config import apply_overrides
     from teamrl.train import train
@@ -52,17 +58,46 @@ def train_or_skip(run_dir: Path, algo: str, env_id: str, settings: dict, code: s
     config = base_config(algo, env_id)
     apply_overrides(config, {**settings, "out": str(run_dir), "overwrite": "true",
                              "progress": "none"})
+    resume = None if force or done.is_file() else resumable_updates(run_dir, config)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    summary = train(config)
-    record = {"request": request, "code": code,
-              "wall_s": time.perf_counter() - start,
+    if resume is None:
+        summary = train(config)
+        earlier, extra = 0.0, {}
+    else:
+        summary = train(config, resume_dir=run_dir)
+        earlier, extra = resume["wall_time"], {"resumed_at": resume["updates"]}
+    record = {"request": request, "code": code, **extra,
+              "wall_s": earlier + time.perf_counter() - start,
               # the machine's 1-minute load average before and after (2 cores; others' jobs
               # share it, so wall times are only comparable at similar load)
               "load": [load_before, os.getloadavg()[0]],
               "env_steps": summary.get("env_steps"), "steps_per_s": summary.get("steps_per_s")}
     done.write_text(json.dumps(record, indent=2))
     return {**record, "skipped": False}
+
+
+def resumable_updates(run_dir: Path, config) -> dict | None:
+    """{"updates", "wall_time"} of an interrupted run in ``run_dir`` that ``config``
+    (the requested one) can continue: a latest checkpoint short of the target, saved with the
+    same config apart from what ``teamrl resume`` may change. None otherwise (nothing there,
+    another config, or already at the target), and the run is trained afresh."""
+    from teamrl import runs
+    from teamrl.sweep import config_differences
+    from teamrl.train import total_updates
+
+    if not runs.checkpoint_exists(run_dir, "latest"):
+        return None
+    try:
+        saved = runs.read_config(run_dir)
+        meta = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["meta"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(saved, dict) or config_differences(config.to_dict(), saved):
+        return None
+    if int(meta["updates"]) >= total_updates(config.run):
+        return None
+    return {"updates": int(meta["updates"]), "wall_time": float(meta["wall_time"])}
 
 
 def final_column(run_dir: Path, column: str) -> list[float]:

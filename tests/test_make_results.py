@@ -158,3 +158,43 @@ def test_saved_evaluation_is_reused_only_when_it_matches(tmp_path, monkeypatch):
     assert experiment_runs.evaluate_or_reuse(run, 16, True) == {"fresh": True}  # episodes
     assert experiment_runs.evaluate_or_reuse(run, 8, False) == {"fresh": True}  # mode
     assert calls == [(8, True, "latest"), (16, True, "latest"), (8, False, "latest")]
+
+
+def test_an_interrupted_grid_run_is_resumed_not_restarted(tmp_path):
+    """A grid stopped mid-run (a checkpoint short of the target, no experiment.json) continues
+    from that checkpoint when the script runs again, and ends where an uninterrupted run ends;
+    a folder holding another config is trained afresh."""
+    import jax
+    import numpy as np
+
+    from experiment_runs import DONE_FILE, train_or_skip
+    from teamrl import runs
+    from teamrl.cli_config import config_from_run_dir
+    from teamrl.train import Trainer
+
+    common = {"num_envs": "8", "rollout_length": "64", "log_every": "2", "seeds": "2"}
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_or_skip(whole, "mappo", "mpe/simple_spread", {**common, "total_steps": "4096"}, "c")
+    train_or_skip(parts, "mappo", "mpe/simple_spread", {**common, "total_steps": "2048"}, "c")
+    (parts / DONE_FILE).unlink()  # as a run killed after its 2048-step checkpoint leaves it
+    before = json.loads((parts / "checkpoints" / "latest.json").read_text())["meta"]
+    record = train_or_skip(parts, "mappo", "mpe/simple_spread",
+                           {**common, "total_steps": "4096"}, "c")
+    assert record["resumed_at"] == 4 and not record["skipped"]
+    assert record["wall_s"] > before["wall_time"] > 0  # the interrupted part's time counts
+
+    def final(run_dir):
+        trainer = Trainer(config_from_run_dir(run_dir, {}))
+        return runs.load_checkpoint(run_dir, "latest", trainer.init())
+
+    (a, meta_a), (b, meta_b) = final(whole), final(parts)
+    assert meta_a["updates"] == meta_b["updates"] == 8
+    for x, y in zip(jax.tree.leaves(a.train_state), jax.tree.leaves(b.train_state)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    column = lambda d: [r["return_mean"] for r in runs.read_metrics(d)]
+    assert column(parts) == column(whole) and len(column(whole)) >= 4  # rows x 2 seeds
+
+    (parts / DONE_FILE).unlink()
+    other = train_or_skip(parts, "mappo", "mpe/simple_spread",
+                          {**common, "total_steps": "4096", "lr": "1e-4"}, "c")
+    assert "resumed_at" not in other
