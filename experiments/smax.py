@@ -15,7 +15,8 @@ Writes docs/results/smax.md (with its docs/RESULTS.md rows, one per map: see
 experiments/make_results.py) and docs/results/smax.png (win-rate curves with 95 % bootstrap
 bands over seeds). Run folders go under --runs (default experiments/saved/smax, kept by git
 without checkpoints: experiment_runs.py); a finished run with the same settings is not trained
-again, so the grid can be spread over sessions. ``--report-only`` rebuilds the page from the
+again and an interrupted one continues from its latest checkpoint (kept on the machine that
+ran it), so the grid can be spread over sessions. ``--report-only`` rebuilds the page from the
 saved runs (pairs not finished yet read "not run yet").
 
     python experiments/smax.py --steps 2000000 --seeds 3
