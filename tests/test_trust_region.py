@@ -384,3 +384,38 @@ def test_variants_update_finitely_and_move_the_policy(algo, settings):
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new.actor_params),
                                                       jax.tree.leaves(ts.actor_params))]
     assert any(changed)
+
+
+def test_a2po_critic_refit_fits_the_updated_agent_samples_only():
+    """Two-stage A2PO refits the critic on the updated agent's samples (its agent-specific
+    critic input), as the A2PO code does: the other agents' inputs and stored values do not
+    change the refitted critic or the agent's fresh values."""
+    trainer = trainer_for("a2po", "mpe/simple_spread", num_envs=4, rollout_length=16,
+                          epochs=2, critic_state="agent", critic_refit="true")
+    algo = trainer.algo
+    ts, batch = rollout_batch(trainer)
+    steps, envs = batch.reward.shape
+    flat = lambda x: x.reshape((steps * envs,) + x.shape[2:])
+    unflat = lambda x: x.reshape((steps, envs) + x.shape[1:])
+    agent = 1
+    returns = jax.random.normal(jax.random.PRNGKey(3), (steps * envs, 1))
+    next_value = flat(ts.value_norm.denormalise(batch.next_value))[:, agent:agent + 1]
+
+    def refit(obs, value):
+        data = {"obs": jax.tree.map(flat, obs), "value": flat(value)}
+        return algo.refit_critic(ts, data, returns, jnp.asarray(agent), jax.random.PRNGKey(4),
+                                 flat, unflat, next_value, batch)
+
+    others = np.arange(3) != agent
+    noise = jax.random.normal(jax.random.PRNGKey(5), batch.obs.obs.shape)
+    moved_obs = batch.obs._replace(obs=batch.obs.obs + 3.0 * noise * others[:, None])
+    moved_value = batch.value + 2.0 * others
+    a, b = refit(batch.obs, batch.value), refit(moved_obs, moved_value)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
+    # ... and the refit does move the critic towards the agent's returns.
+    before = algo.critic_values(ts.critic_params, {"obs": jax.tree.map(flat, batch.obs)})
+    after = algo.critic_values(a[0].critic_params, {"obs": jax.tree.map(flat, batch.obs)})
+    target = np.asarray(ts.value_norm.normalise(returns))[:, 0]
+    err = lambda v: np.mean((np.asarray(v)[:, agent] - target) ** 2)
+    assert err(after) < err(before)

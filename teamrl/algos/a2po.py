@@ -147,16 +147,28 @@ class A2PO(OnPolicyActorCritic):
 
     def refit_critic(self, ts, critic_data, returns_k, agent, key, flat_arr, unflat,
                      next_value, batch):
-        """Two-stage A2PO: fit the (centralised) critic to this agent's corrected returns, then
-        re-evaluate the agent's values with it. Within the rollout V(s_{t+1}) is the refitted
-        critic at the next step; where the episode ended or the rollout stops, the stored
-        bootstrap is kept (the observation reached there is not in the batch)."""
-        target = jnp.broadcast_to(ts.value_norm.normalise(returns_k),
-                                  critic_data["value"].shape)
-        ts, _ = critic_update(self, ts, {**critic_data, "target": target}, key)
-        fresh = self.critic_values(ts.critic_params, critic_data)[:, agent][:, None]
+        """Two-stage A2PO: fit the (centralised) critic to this agent's corrected returns on
+        this agent's samples alone (as the A2PO code's critic pass over the updated block),
+        then re-evaluate the agent's values with it. Within the rollout V(s_{t+1}) is the
+        refitted critic at the next step; where the episode ended or the rollout stops, the
+        stored bootstrap is kept (the observation reached there is not in the batch)."""
+        own = self.agent_critic_data(critic_data, agent)
+        target = ts.value_norm.normalise(returns_k)                     # [B, 1]
+        ts, _ = critic_update(self, ts, {**own, "target": target}, key)
+        fresh = self.critic_values(ts.critic_params, own)[:, :1]
         fresh = ts.value_norm.denormalise(fresh)                        # [B, 1]
         shifted = jnp.concatenate([unflat(fresh)[1:], unflat(next_value)[-1:]])
         continues = ~(batch.terminated | batch.truncated)[..., None]
         next_fresh = flat_arr(jnp.where(continues, shifted, unflat(next_value)))
         return ts, fresh, next_fresh
+
+    def agent_critic_data(self, critic_data: dict, agent: jax.Array) -> dict:
+        """Agent ``agent``'s critic samples: {"critic_in": its input, "value": [B, 1]}. An
+        agent-specific (or local) input keeps the agent's column only, so the refit costs one
+        agent's forward passes, not N; the world state, shared by all agents, stays whole."""
+        take = lambda x: jax.lax.dynamic_index_in_dim(x, agent, axis=1, keepdims=True)
+        features = (critic_data["critic_in"] if "critic_in" in critic_data
+                    else self.critic.features(critic_data["obs"]))
+        if self.critic.per_agent_input:
+            features = jax.tree.map(take, features)
+        return {"critic_in": features, "value": take(critic_data["value"])}
