@@ -83,14 +83,14 @@ def resumable_updates(run_dir: Path, config) -> dict | None:
     same config apart from what ``teamrl resume`` may change. None otherwise (nothing there,
     another config, or already at the target), and the run is trained afresh."""
     from teamrl import runs
-    from teamrl.sweep import config_differences
+    from teamrl.sweep import checkpoint_meta, config_differences
     from teamrl.train import total_updates
 
     if not runs.checkpoint_exists(run_dir, "latest"):
         return None
     try:
         saved = runs.read_config(run_dir)
-        meta = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["meta"]
+        meta = checkpoint_meta(run_dir)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not isinstance(saved, dict) or config_differences(config.to_dict(), saved):

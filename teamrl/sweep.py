@@ -318,11 +318,15 @@ def config_differences(requested: dict, saved: dict) -> list[str]:
             if k not in _IGNORED and want.get(k) != have.get(k)]
 
 
-def _checkpoint_updates(run_dir: pathlib.Path) -> int:
-    """Updates recorded by ``checkpoints/latest.json`` (the sidecar runs.save_checkpoint writes
-    last, so it never names updates the msgpack lacks)."""
+def checkpoint_meta(run_dir: pathlib.Path) -> dict:
+    """The meta (updates, wall_time, ...) recorded by ``checkpoints/latest.json``, the sidecar
+    runs.save_checkpoint writes last, so it never names updates the msgpack lacks."""
     sidecar = json.loads((run_dir / "checkpoints" / "latest.json").read_text(encoding="utf-8"))
-    return int(sidecar["meta"]["updates"])
+    return sidecar["meta"]
+
+
+def _checkpoint_updates(run_dir: pathlib.Path) -> int:
+    return int(checkpoint_meta(run_dir)["updates"])
 
 
 def _holds_results(run_dir: pathlib.Path) -> bool:
