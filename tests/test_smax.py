@@ -294,3 +294,31 @@ def test_win_rate_in_metrics_and_evaluation(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("win rate") == 2, printed  # seed 0's line and the summary
 
+
+
+@pytest.mark.parametrize("enemies_dead, allies_dead, expect", [
+    (True, False, "terminated"),    # won on the time-limit step
+    (False, True, "terminated"),    # lost on the time-limit step
+    (False, False, "truncated"),    # still fighting when time ran out
+])
+def test_a_battle_decided_on_the_time_limit_step_terminates(enemies_dead, allies_dead, expect):
+    """Termination wins over truncation: a battle decided on the last allowed step is not
+    bootstrapped from its terminal state."""
+    team = make_env("smax/3m")
+    env = team.env
+    state, _ = team.reset(jax.random.PRNGKey(0))
+    alive = np.ones(env.num_allies + env.num_enemies, bool)
+    if enemies_dead:
+        alive[env.num_allies:] = False
+    if allies_dead:
+        alive[: env.num_allies] = False
+    last = team.spec.max_steps - 1
+    health = jnp.where(jnp.asarray(alive), state.env_state.state.unit_health, 0.0)
+    game = state.env_state.state.replace(unit_alive=jnp.asarray(alive), unit_health=health,
+                                         step=jnp.asarray(last, state.env_state.state.step.dtype))
+    state = state._replace(env_state=state.env_state.replace(state=game),
+                           episode_step=jnp.int32(last))
+    _, out = team.step(jax.random.PRNGKey(1), state, jnp.full((env.num_allies,), 4, jnp.int32))
+    assert bool(out.terminated) == (expect == "terminated")
+    assert bool(out.truncated) == (expect == "truncated")
+    assert bool(out.won) == (enemies_dead and not allies_dead)

@@ -94,6 +94,9 @@ class JaxTeamEnv:
         self._has_avail = kind == "discrete" and _has_method(env, "get_avail_actions", probe_state)
         self._has_alive = _has_method(env, "agents_alive", probe_state)
         has_wins = _has_method(env, "won", probe_state)
+        # Envs whose game can end on the time-limit step itself (a SMAX battle decided on the
+        # last step) say so; there a decided game is a termination, never a truncation.
+        self._has_decided = _has_method(env, "decided", probe_state)
         if self._has_world_state:
             state_dim = int(np.prod(jax.eval_shape(env.world_state, probe_state).shape))
         else:
@@ -170,7 +173,10 @@ class JaxTeamEnv:
         episode_step = state.episode_step + 1
         at_limit = episode_step >= self.spec.max_steps
         env_done = jnp.asarray(dones["__all__"], bool)
-        if self.time_limit_is_truncation:
+        if self.time_limit_is_truncation and self._has_decided:
+            terminated = env_done & jnp.asarray(self.env.decided(env_state), bool)
+            truncated = (at_limit | env_done) & ~terminated
+        elif self.time_limit_is_truncation:
             truncated, terminated = at_limit, env_done & ~at_limit
         else:
             terminated, truncated = env_done, at_limit & ~env_done

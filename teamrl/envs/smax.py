@@ -8,7 +8,10 @@ heuristic enemy, with the protocol hooks the team adapter reads.
 * ``agents_alive(state)``: [N] bool, which allied units are alive (dead agents are masked out
   of policy losses and death-masked for critics; their only available action is ``stop``);
 * ``won(state)``: the battle is won, i.e. every enemy is dead and at least one ally is alive
-  (jaxmarl pays its win bonus under the same condition).
+  (jaxmarl pays its win bonus under the same condition);
+* ``decided(state)``: the battle is over because one side is dead, so an episode that ends on
+  the time-limit step with a decided battle is a termination, not a truncation (jaxmarl's
+  ``done`` does not say which of the two ended it).
 
 The maps are jaxmarl's own scenarios (``jaxmarl.environments.smax.smax_env``); SMAC maps with
 units SMAX does not simulate (medivacs in MMM/MMM2, the spine crawler of 2s_vs_1sc) are not
@@ -44,6 +47,10 @@ class TeamSMAX(HeuristicEnemySMAX):
     def won(self, state):
         alive = state.state.unit_alive
         return jnp.all(~alive[self.num_allies:]) & jnp.any(alive[: self.num_allies])
+
+    def decided(self, state):
+        alive = state.state.unit_alive
+        return jnp.all(~alive[self.num_allies:]) | jnp.all(~alive[: self.num_allies])
 
 
 def make_smax(map_name: str, see_enemy_actions: bool, walls_cause_death: bool,
