@@ -55,6 +55,9 @@ def main(argv=None):
     parser.add_argument("--maps", nargs="+", default=MAPS)
     parser.add_argument("--episodes", type=int, default=32,
                         help="deterministic evaluation episodes per seed of the final policy")
+    parser.add_argument("--eval-protocol", default="custom", choices=["custom", "smac"],
+                        help="smac: evaluate 32 episodes every 25 updates during training "
+                        "(the SMAC papers' curves); custom: the presets' cadence")
     parser.add_argument("--runs", default=str(SAVED / "smax"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--note", default="", help="a sentence added to the page")
@@ -73,6 +76,9 @@ def main(argv=None):
         for algo in args.algos:
             env_id = f"smax/{map_name}"
             settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
+            if args.eval_protocol != "custom":
+                # Logged every 5 updates, evaluated every 5 rows: the protocol's 25 updates.
+                settings.update(eval_protocol=args.eval_protocol, log_every="5", eval_every="5")
             run_dir = Path(args.runs) / f"{map_name}_{algo}_steps{args.steps}_seeds{args.seeds}"
             if args.report_only and not saved_run_finished(run_dir, algo, env_id, settings):
                 # The grid spans sessions: the page shows the pairs finished so far.

@@ -34,6 +34,12 @@ def option(default, help: str, choices=None, low=None, high=None, low_open=False
     return field(default=default, metadata=meta)
 
 
+# Published evaluation protocols: (updates between evaluations, episodes per evaluation). Both
+# papers' code evaluates the deterministic (mean / most likely action) policy on a separate set
+# of environments; teamrl records it as the ``eval_*_det`` columns.
+EVAL_PROTOCOLS = {"harl": (25, 40), "smac": (25, 32)}
+
+
 @dataclass
 class RunConfig:
     """Settings of a training run that every algorithm shares."""
@@ -47,6 +53,12 @@ class RunConfig:
     seed: int = option(0, "first seed; seed i of the run uses seed+i", low=0)
     out: str = option("", "run folder (default runs/<env>_<algo>_<time>)")
     overwrite: bool = option(False, "replace an existing run folder")
+    eval_protocol: str = option("custom", "a published evaluation protocol, setting "
+                                "log_every, eval_every and eval_episodes: harl (HARL's "
+                                "MaMuJoCo curves: 40 episodes every 25 updates) or smac (the "
+                                "SMAC papers': 32 episodes every 25 updates); the published "
+                                "figure is the deterministic column (custom: as set)",
+                                choices=["custom", *EVAL_PROTOCOLS])
     log_every: int = option(0, "updates per log row / compiled chunk (0: about 40 rows)", low=0)
     checkpoint_every: int = option(1, "log rows between checkpoints", low=1)
     agent_id: str = option("auto", "append one-hot agent ids to observations "
@@ -72,6 +84,19 @@ class RunConfig:
                              "writes the run folder", low=0)
     distributed_timeout: int = option(300, "seconds to wait for every process to join a "
                                       "multi-process run", low=1)
+
+    def check(self) -> None:
+        if self.eval_protocol == "custom":
+            return
+        interval, episodes = EVAL_PROTOCOLS[self.eval_protocol]
+        if (self.log_every * self.eval_every != interval or self.eval_episodes != episodes):
+            raise ConfigError(
+                f"eval_protocol={self.eval_protocol} evaluates {episodes} episodes every "
+                f"{interval} updates, but log_every={self.log_every} x eval_every="
+                f"{self.eval_every} and eval_episodes={self.eval_episodes} disagree; keep the "
+                "protocol's values (log_every x eval_every = "
+                f"{interval}) or set eval_protocol=custom")
+
 
 
 @dataclass
@@ -229,7 +254,13 @@ def apply_overrides(config: Config, overrides: dict[str, Any], origin: str = "")
             where = f" in {origin}" if origin else ""
             raise ConfigError(f"unknown key {key!r}{where}; valid keys: {valid}")
         sec_name, sec = owners[key]
-        setattr(sec, key, coerce(key, raw, field_types(sec)[key]))
+        value = coerce(key, raw, field_types(sec)[key])
+        setattr(sec, key, value)
+        if key == "eval_protocol" and value in EVAL_PROTOCOLS:
+            # A protocol sets its three keys; keys given after it may re-cut the same cadence
+            # (log_every=5 eval_every=5), which RunConfig.check verifies.
+            interval, episodes = EVAL_PROTOCOLS[value]
+            sec.log_every, sec.eval_every, sec.eval_episodes = interval, 1, episodes
 
 
 def apply_sections(config: Config, data: dict, origin: str) -> None:

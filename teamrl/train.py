@@ -609,7 +609,7 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
         progress.is_terminal = run.progress == "bar"
     compiled = {}
     summary = {"run_dir": str(run_dir), "updates": updates_done}
-    rows_written = 0
+    row_index = 0
     saved_update = updates_done
     start = time.perf_counter()
     metrics_writer = (runs.MetricsWriter(run_dir, resume=resume_dir is not None) if writes
@@ -642,9 +642,11 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
             wall = wall_offset + time.perf_counter() - start
             sps = k * steps_per_update(run) * run.seeds / max(elapsed, 1e-9)
             rows = chunk_rows(metrics, config, updates_done, wall, sps)
-            rows_written += 1
+            # The row's index in the whole run (chunks are `chunk` updates but the last), so a
+            # resumed run evaluates and checkpoints at the same updates as an uninterrupted one.
+            row_index = updates_done // chunk
             if run.eval_every:
-                due = rows_written % run.eval_every == 0 or updates_done >= target_updates
+                due = row_index % run.eval_every == 0 or updates_done >= target_updates
                 evaluation = (jax.tree.map(np.asarray, trainer.evaluate(runner,
                                                                         run.eval_episodes))
                               if due else None)
@@ -663,14 +665,14 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
             meta = {"updates": updates_done, "env_steps": updates_done * steps_per_update(run),
                     "wall_time": wall, "best_return": best_return, "seeds": seeds}
             last_chunk = updates_done >= target_updates
-            if rows_written % run.checkpoint_every == 0 or last_chunk or is_best:
+            if row_index % run.checkpoint_every == 0 or last_chunk or is_best:
                 # A collective with several processes: every process gathers, one writes.
                 saved = trainer.placement.host_copy(runner)
-                if writes and (rows_written % run.checkpoint_every == 0 or last_chunk):
+                if writes and (row_index % run.checkpoint_every == 0 or last_chunk):
                     runs.save_checkpoint(run_dir, "latest", saved, meta)
                 if writes and is_best:
                     runs.save_checkpoint(run_dir, "best", saved, meta)
-                if rows_written % run.checkpoint_every == 0 or last_chunk:
+                if row_index % run.checkpoint_every == 0 or last_chunk:
                     saved_update = updates_done
             summary.update(updates=updates_done, return_mean=mean_return,
                            env_steps=updates_done * steps_per_update(run), steps_per_s=sps)
