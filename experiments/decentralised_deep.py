@@ -444,7 +444,10 @@ def results_rows(args, results, ref) -> list[str]:
                  + (f"; failed: {', '.join(failed)}" if failed else "")
                  + "; shipped didactic presets, untuned",
             published="DPO above the independent learners (no number in REFERENCE.md)",
-            budget=budget(results, "random", steps), seeds=str(seeds)))
+            budget=budget(results, "random", steps), seeds=str(seeds),
+            metric="final training return normalised to 0 = uniform random, 1 = optimum",
+            published_metric="the paper's training-return curves (an ordering of the methods)",
+            differs="the paper states an ordering, not a number; ours normalises the return"))
     if "spread_pg" in args.studies and done(results, "spread_pg"):
         seeds, steps = _study_args(args, "spread_pg")
         got = done(results, "spread_pg")
@@ -461,7 +464,8 @@ def results_rows(args, results, ref) -> list[str]:
             ours="final training return, mean (per seed): " + ", ".join(parts) + answer
                  + "; the agents' mean reward summed over a 25-step episode (×3 for the "
                    "sum over agents)",
-            published="–", budget=budget(results, "spread_pg", steps), seeds=str(seeds)))
+            published="–", budget=budget(results, "spread_pg", steps), seeds=str(seeds),
+            metric="final training return (last log chunk), mean over seeds"))
     if "spread_q" in args.studies and done(results, "spread_q"):
         seeds, steps = _study_args(args, "spread_q")
         got = done(results, "spread_q")
@@ -481,7 +485,9 @@ def results_rows(args, results, ref) -> list[str]:
                    "over agents)",
             published="–", budget=budget(results, "spread_q", steps)
             + (" (below the presets' 1,000,000, for machine time)" if steps < 1_000_000
-               else ""), seeds=str(seeds)))
+               else ""), seeds=str(seeds),
+            metric="final training return of the ε-greedy policies, mean over seeds (greedy "
+                   "evaluation in brackets)"))
     rows.append(results_row(
         claim="MDPO: model-based decentralised policy optimisation with a latent-variable "
               "model of the other agents",
@@ -489,7 +495,7 @@ def results_rows(args, results, ref) -> list[str]:
              "use in the policy update, settings) and no code exists, so no result could be "
              "checked against the authors'; DPO, IQL, MA2QL and I2Q cover fully decentralised "
              "learning",
-        published="–", budget="–", seeds="–"))
+        published="–", budget="–", seeds="–", metric="–"))
     return rows
 
 

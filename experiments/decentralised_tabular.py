@@ -608,7 +608,7 @@ def results_rows(args, cfg, matrix, tree) -> list[str]:
             ours=matrix_ours,
             budget=f"tabular, α {cfg.alpha:g}, fixed ε {cfg.epsilon:g}, "
                    f"{args.matrix_episodes:,} episodes",
-            seeds=str(n)),
+            seeds=str(n), metric="the greedy joint action after training and its payoff"),
         results_row(
             claim=f"9-ary tree game, {args.stages} stages, {games} random games: I2Q's greedy "
                   "return approaches the optimum, above IQL; MA2QL (turn-taking) vs IQL (I2Q "
@@ -616,7 +616,8 @@ def results_rows(args, cfg, matrix, tree) -> list[str]:
             ours=tree_ours,
             budget=f"tabular, {args.tree_episodes:,} episodes = {env_steps:,} env steps per "
                    "game" + (" (the I2Q code's budget)" if env_steps == 100_000 else ""),
-            seeds=f"{args.tree_seeds} per game, {games} games")]
+            seeds=f"{args.tree_seeds} per game, {games} games",
+            metric="greedy return / optimum per game, mean [95 % bootstrap CI] over games")]
 
 
 def over_training(matrix, label: str, half: int) -> dict:

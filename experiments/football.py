@@ -120,7 +120,9 @@ def results_rows(args, results) -> list[str]:
         + f"; stochastic evaluation score rate, {args.episodes} episodes per seed, "
           "mean over seeds",
         published="HAPPO 94.7 %, MAPPO 88.0 % at 25M steps (HARL)",
-        budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds))]
+        budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds),
+        metric=f"stochastic evaluation score rate of the final policy, {args.episodes} "
+               "episodes per seed", published_metric="same")]
 
 
 def write_markdown(path: Path, args, results, code: str, wall: float):

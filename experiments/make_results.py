@@ -16,12 +16,17 @@
 
        from make_results import results_row     # experiments/ is on sys.path for scripts
        lines.append(results_row(claim="...", ours="...", published="...", budget="...",
-                                seeds="..."))
+                                seeds="...", metric="...", published_metric="same"))
 
    ``ours`` is our measured number(s) with just enough context to read them; ``published``
    the paper's number where one exists (``–`` otherwise, or ``a theorem``); ``budget`` the
    env steps / episodes / iterations behind ``ours``; ``seeds`` how many. ``where`` defaults
-   to a link to the section and the script.
+   to a link to the section and the script. ``metric`` says what ``ours`` measures and under
+   which protocol (training return, deterministic evaluation every 25 updates, ...); a row
+   with a published number also says what that number measures (``published_metric``,
+   ``"same"`` when it is ours), and where the two differ, how (``differs``): rows comparing
+   different metrics without saying so are refused, by results_row and again when
+   assembling.
 3. Rows appear in the order of ORDER below (sections and STATIC rows by name); sections not
    listed there follow alphabetically, so a new section shows up without editing this file.
 4. Optional, for ``--refresh``: if the section can be rebuilt from saved runs without
@@ -52,7 +57,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("claim", "where", "ours", "published", "budget", "seeds")
+COLUMNS = ("claim", "where", "ours", "published", "metric", "budget", "seeds")
+# Fields of a results-row that make up its *metric* column (see metric_problem).
+METRIC_FIELDS = ("metric", "published_metric", "differs")
+NO_NUMBER = "–"
 EXIT_NO_SAVED_RUNS = 3
 ORDER = ["proposition1", "monotonic_improvement", "advantage_decomposition", "product_game",
          "mpe_comparison", "mpe_decentralised", "mamujoco", "smax", "football", "single_agent",
@@ -64,14 +72,17 @@ STATIC = {
         "claim": "Multi-agent advantage decomposition lemma (Kuba et al. 2022)",
         "where": "`tests/test_tabular_exact.py`",
         "ours": "exact to 1e-10 for every permutation on a random 3-agent game",
-        "published": "an identity", "budget": "exact (known model)", "seeds": "1 game"}],
+        "published": "an identity", "budget": "exact (known model)", "seeds": "1 game",
+        "metric": "largest absolute difference of the two sides, exact advantages",
+        "published_metric": "same"}],
     "product_game": [{
         "claim": "Product game: from means (−0.25, 0.25), δ = 0.5, one sequential HATRPO "
                  "iteration raises E[r], a simultaneous trust-region step lowers it",
         "where": "`tests/test_trust_region.py::test_product_game_sequential_step_improves_and_"
                  "simultaneous_does_not`",
         "ours": "holds for 3 of 3 seeds with the compiled sample-based HATRPO",
-        "published": "–", "budget": "one iteration", "seeds": "3"}],
+        "published": "–", "budget": "one iteration", "seeds": "3",
+        "metric": "exact expected reward E[r] before and after the iteration"}],
 }
 HEADER = """# Results
 
@@ -82,23 +93,59 @@ script to regenerate its section. All numbers were measured on a 2-core CPU mach
 
 This page is generated from the sections by `python experiments/make_results.py` (do not edit
 it by hand; the protocol is in that script's docstring). *ours* is our measured number,
-*published* the papers' where one exists, *budget* what it was measured at and *seeds* how
-many seeds.
+*published* the papers' where one exists, *metric* what each side measures and under which
+protocol (and how they differ, where they do), *budget* what it was measured at and *seeds*
+how many seeds.
 """
 _ROW = re.compile(r"^<!-- results-row (\{.*\}) -->$")
 _FIGURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 
+def metric_problem(row: dict) -> str | None:
+    """Why a row's metrics cannot stand as they are, or None: every row names its metric, a
+    row with a published number names that number's too, and different ones say how."""
+    metric, published_metric = row.get("metric", ""), row.get("published_metric", "")
+    if not str(metric).strip():
+        return "no metric: say what 'ours' measures and under which protocol"
+    if str(row.get("published", NO_NUMBER)).strip() in ("", NO_NUMBER):
+        return None
+    if not str(published_metric).strip():
+        return ("a published number without published_metric: say what it measures "
+                "('same' when it is ours)")
+    if published_metric not in ("same", metric) and not str(row.get("differs", "")).strip():
+        return (f"compares different metrics without saying so: ours is {metric!r}, the "
+                f"published number {published_metric!r}; say how they differ (differs=)")
+    return None
+
+
+def metric_cell(row: dict) -> str:
+    """The *metric* column: ours, and the published number's where there is one."""
+    text = f"ours: {row['metric']}"
+    if str(row.get("published", NO_NUMBER)).strip() in ("", NO_NUMBER):
+        return text
+    if row["published_metric"] in ("same", row["metric"]):
+        return text + "; published: the same"
+    return text + f"; published: {row['published_metric']} (differs: {row['differs']})"
+
+
 def results_row(claim: str, ours: str, published: str = "–", budget: str = "",
-                seeds: str = "", where: str | None = None) -> str:
+                seeds: str = "", where: str | None = None, metric: str = "",
+                published_metric: str = "", differs: str = "") -> str:
     """One row of RESULTS.md as the HTML comment a section carries (protocol, step 2)."""
     row = {"claim": claim, "ours": ours, "published": published, "budget": budget,
-           "seeds": seeds}
+           "seeds": seeds, "metric": metric}
+    if published_metric:
+        row["published_metric"] = published_metric
+    if differs:
+        row["differs"] = differs
     if where is not None:
         row["where"] = where
     for key, value in row.items():
         if not isinstance(value, str) or "\n" in value:
             raise ValueError(f"results_row: {key} must be one line of text, got {value!r}")
+    problem = metric_problem(row)
+    if problem:
+        raise ValueError(f"results_row {claim[:60]!r}: {problem}")
     # "--" may not appear inside an HTML comment; \u002d is the same character to JSON.
     text = json.dumps(row, ensure_ascii=False).replace("--", "-\\u002d")
     return f"<!-- results-row {text} -->"
@@ -169,6 +216,10 @@ def section_rows(path: Path) -> list[dict]:
         missing = [c for c in COLUMNS if c != "where" and c not in row]
         if missing:
             raise SystemExit(f"{path}:{number}: results-row lacks {', '.join(missing)}")
+        problem = metric_problem(row)
+        if problem:
+            raise SystemExit(f"{path}:{number}: results-row {problem}")
+        row["metric"] = metric_cell(row)
         if "where" not in row:
             script = path.parents[2] / "experiments" / f"{path.stem}.py"
             row["where"] = f"[{path.name}](results/{path.name})" + (
@@ -214,7 +265,7 @@ def assemble(root: Path = ROOT) -> tuple[str, list[str]]:
             if shown:
                 figures.append((name, sections[name], shown))
         else:
-            rows = STATIC[name]
+            rows = [dict(row, metric=metric_cell(row)) for row in STATIC[name]]
         for row in rows:
             lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
     if figures:

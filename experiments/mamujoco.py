@@ -134,7 +134,13 @@ def results_rows(args, results) -> list[str]:
             ours=ours + (f" (failed: {', '.join(failed)})" if failed else "")
             + "; final training return (last 10 % of log rows), mean over seeds",
             published=(published + " — all at 10M steps") if published else "–",
-            budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds)))
+            budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds),
+            metric="final training return of the stochastic policy (mean of the last 10 % of "
+                   "log rows per seed)",
+            published_metric="HARL: deterministic evaluation return (mean action, 40 episodes "
+                             "every 25 updates); the HATRPO paper's evaluation curves",
+            differs="ours are training returns of the stochastic policy at a tenth of the "
+                    "budget, not the deterministic evaluation HARL plots"))
     return rows
 
 

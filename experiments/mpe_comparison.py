@@ -314,7 +314,14 @@ def results_rows(args, results) -> list[str]:
         ours="; ".join(parts) + "; final training return, mean over seeds of the agents' mean "
              "reward summed over a 25-step episode",
         published="; ".join(published) or "–",
-        budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds))]
+        budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds),
+        metric="final training return (last log chunk): the agents' mean reward summed over "
+               "a 25-step episode, mean over seeds",
+        published_metric="HARL's return curves on PettingZoo's simple_spread, summed over the "
+                         "3 agents",
+        differs="HARL sums over agents (its mean over agents is in brackets) and trains on "
+                "PettingZoo's simple_spread for 10M steps; ours is JaxMARL's port at the "
+                "presets' budget")]
 
 
 def _load(r) -> str:

@@ -213,6 +213,13 @@ def results_row(results: dict, tasks, algos, steps: int, seeds: int,
         "budget": f"{steps:,} env steps per seed (" + _updates_text(results, tasks, labels)
                   + ")",
         "seeds": str(seeds),
+        "metric": "final training return (last 10 % of log rows), mean [95 % bootstrap CI "
+                  "over seeds]",
+        "published_metric": "Duan et al. Table 1: the return averaged over all training "
+                            "iterations; PPO paper Fig. 3: training return at 1M steps, read "
+                            "from the figure",
+        "differs": "Duan et al. average over the whole run, so their numbers sit below a "
+                   "final return, and rllab's tasks are not Gymnasium's -v4/-v5",
     }
 
 

@@ -29,11 +29,14 @@ def section(root, name, *rows, figure=None, script=False):
 
 
 def test_two_fake_sections_give_the_expected_table(tmp_path, capsys):
-    section(tmp_path, "zeta", results_row("Z claim", "z 1.0", budget="1M steps", seeds="3"))
+    section(tmp_path, "zeta", results_row("Z claim", "z 1.0", budget="1M steps", seeds="3",
+                                          metric="final return"))
     section(tmp_path, "mpe_comparison",
             results_row("M claim", "a | b --> c", published="≈ −58 (HARL)", budget="2M",
-                        seeds="5"),
-            results_row("M2 claim", "m2", where="`tests/test_x.py`"),
+                        seeds="5", metric="training return", published_metric="eval return",
+                        differs="training vs evaluation"),
+            results_row("M2 claim", "m2", where="`tests/test_x.py`", metric="m",
+                        published="1", published_metric="same"),
             figure="mpe_comparison.png", script=True)
     section(tmp_path, "alpha")  # no rows: noted, left out of the table
     assert make_results.main(["--root", str(tmp_path)]) == 0
@@ -42,15 +45,17 @@ def test_two_fake_sections_give_the_expected_table(tmp_path, capsys):
     table = [line for line in text.splitlines() if line.startswith("| ")]
     static = make_results.STATIC
     assert table == [
-        "| claim | where | ours | published | budget | seeds |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *[f"| {r['claim']} | {r['where']} | {r['ours']} | {r['published']} | {r['budget']} | "
-          f"{r['seeds']} |" for name in ("advantage_decomposition", "product_game")
-          for r in static[name]],
+        "| claim | where | ours | published | metric | budget | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[f"| {r['claim']} | {r['where']} | {r['ours']} | {r['published']} | "
+          f"{make_results.metric_cell(r)} | {r['budget']} | {r['seeds']} |"
+          for name in ("advantage_decomposition", "product_game") for r in static[name]],
         "| M claim | [mpe_comparison.md](results/mpe_comparison.md), "
-        "`experiments/mpe_comparison.py` | a \\| b --> c | ≈ −58 (HARL) | 2M | 5 |",
-        "| M2 claim | `tests/test_x.py` | m2 | – | – | – |",
-        "| Z claim | [zeta.md](results/zeta.md) | z 1.0 | – | 1M steps | 3 |",
+        "`experiments/mpe_comparison.py` | a \\| b --> c | ≈ −58 (HARL) | ours: training "
+        "return; published: eval return (differs: training vs evaluation) | 2M | 5 |",
+        "| M2 claim | `tests/test_x.py` | m2 | 1 | ours: m; published: the same | – | – |",
+        "| Z claim | [zeta.md](results/zeta.md) | z 1.0 | – | ours: final return | 1M steps "
+        "| 3 |",
     ]
     figures = text[text.index("## Figures"):]
     assert figures == ("## Figures\n\n### Section mpe_comparison\n\n"
@@ -58,7 +63,7 @@ def test_two_fake_sections_give_the_expected_table(tmp_path, capsys):
                        "![mpe_comparison curves](results/mpe_comparison.png)\n")
     assert "alpha.md has no results-row" in capsys.readouterr().err
     assert make_results.main(["--root", str(tmp_path), "--check"]) == 0
-    section(tmp_path, "zeta", results_row("Z claim", "z 2.0"))
+    section(tmp_path, "zeta", results_row("Z claim", "z 2.0", metric="final return"))
     assert make_results.main(["--root", str(tmp_path), "--check"]) == 1
 
 
@@ -70,13 +75,37 @@ def test_the_repository_regenerates_results_md_byte_for_byte():
 
 def test_row_comment_round_trips_and_rejects_newlines(tmp_path):
     tricky = 'a "quoted" -- --> <!-- x --> ≈ −1 | y'
-    line = results_row(tricky, tricky, tricky, tricky, tricky)
+    line = results_row(tricky, tricky, tricky, tricky, tricky, metric=tricky,
+                       published_metric="same")
     assert "--" not in line[4:-3]  # nothing inside can end the comment
     path = section(tmp_path, "t", line)
     (row,) = make_results.section_rows(path)
     assert {row[k] for k in ("claim", "ours", "published", "budget", "seeds")} == {tricky}
     with pytest.raises(ValueError, match="one line"):
-        results_row("claim", "two\nlines")
+        results_row("claim", "two\nlines", metric="m")
+
+
+def test_a_row_comparing_different_metrics_without_saying_so_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no metric"):
+        results_row("claim", "1.0")
+    with pytest.raises(ValueError, match="without published_metric"):
+        results_row("claim", "1.0", published="2.0 (paper)", metric="training return")
+    with pytest.raises(ValueError, match="different metrics without saying so"):
+        results_row("claim", "1.0", published="2.0 (paper)", metric="training return",
+                    published_metric="deterministic evaluation return")
+    # Said: accepted, and the metric column says both sides and how they differ.
+    line = results_row("claim", "1.0", published="2.0 (paper)", metric="training return",
+                       published_metric="deterministic evaluation return",
+                       differs="stochastic training episodes vs greedy evaluation")
+    (row,) = make_results.section_rows(section(tmp_path, "t", line))
+    assert row["metric"] == ("ours: training return; published: deterministic evaluation "
+                             "return (differs: stochastic training episodes vs greedy "
+                             "evaluation)")
+    # A section edited by hand is refused when assembling, too.
+    bad = line.replace(', "differs": "stochastic training episodes vs greedy evaluation"', "")
+    assert bad != line
+    with pytest.raises(SystemExit, match="different metrics without saying so"):
+        make_results.section_rows(section(tmp_path, "t", bad))
 
 
 def test_refresh_runs_report_only_scripts_and_skips_those_without_saved_runs(tmp_path,
@@ -89,7 +118,7 @@ def test_refresh_runs_report_only_scripts_and_skips_those_without_saved_runs(tmp
         "from make_results import results_row\n"
         "p = pathlib.Path('docs/results/rebuilt.md'); p.parent.mkdir(parents=True, "
         "exist_ok=True)\n"
-        "p.write_text('## Rebuilt\\n' + results_row('R claim', 'r 1') + '\\n')\n")
+        "p.write_text('## Rebuilt\\n' + results_row('R claim', 'r 1', metric='m') + '\\n')\n")
     (scripts / "unsaved.py").write_text(
         f"import sys; sys.exit({make_results.EXIT_NO_SAVED_RUNS})\n")
     (scripts / "broken.py").write_text("raise SystemExit(1)\n")
