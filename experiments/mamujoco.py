@@ -67,6 +67,9 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--episodes", type=int, default=10,
                         help="deterministic evaluation episodes per seed (1000 steps each)")
+    parser.add_argument("--eval-protocol", default="custom", choices=["custom", "harl"],
+                        help="harl: evaluate 40 deterministic episodes every 25 updates during "
+                        "training, as HARL's published curves; custom: the presets' cadence")
     parser.add_argument("--runs", default=str(SAVED / "mamujoco"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--report-only", action="store_true",
@@ -84,6 +87,9 @@ def main(argv=None):
         for algo in args.algos:
             env_id = f"mamujoco/{task}"
             settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
+            if args.eval_protocol != "custom":
+                # Logged every 5 updates, evaluated every 5 rows: the protocol's 25 updates.
+                settings.update(eval_protocol=args.eval_protocol, log_every="5", eval_every="5")
             run_dir = Path(args.runs) / f"{task.replace('|', '_')}_{algo}_steps{args.steps}" \
                                         f"_seeds{args.seeds}"
             if args.report_only:
