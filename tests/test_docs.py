@@ -97,7 +97,7 @@ def assert_trained(run_dir: pathlib.Path) -> None:
     assert rows and rows[-1]["env_steps"] == run["total_steps"] // per_update * per_update
     assert any(math.isfinite(r["return_mean"]) for r in rows)
     assert all(math.isfinite(r["actor_loss"]) for r in rows)
-    assert (run_dir / "checkpoints" / "latest.msgpack").is_file()
+    assert runs.checkpoint_exists(run_dir, "latest")
 
 
 @pytest.fixture
@@ -245,3 +245,20 @@ def test_documented_train_commands_use_valid_settings():
                     validate_section(section)
                 checked += 1
     assert checked >= 10
+
+
+def test_license_and_citation_match_the_package():
+    """LICENSE is the Apache-2.0 that pyproject declares; CITATION.cff carries the package's
+    version and licence."""
+    import tomllib
+
+    import yaml
+
+    root = DOCS.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"]["text"] == "Apache-2.0"
+    assert "Apache License\n                           Version 2.0" in (root / "LICENSE").read_text()
+    citation = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0"
+    assert citation["version"] == project["version"]
+    assert citation["license"] == project["license"]["text"]
