@@ -227,3 +227,20 @@ def test_an_interrupted_grid_run_is_resumed_not_restarted(tmp_path):
     other = train_or_skip(parts, "mappo", "mpe/simple_spread",
                           {**common, "total_steps": "4096", "lr": "1e-4"}, "c")
     assert "resumed_at" not in other
+
+
+def test_a_setting_added_to_teamrl_since_a_grid_run_started_does_not_restart_it():
+    """A key missing from a saved config.yaml counts as its default: a run whose request leaves
+    it there still resumes after teamrl gains the setting; one that sets it does not."""
+    from experiment_runs import with_new_defaults
+    from teamrl.cli_config import base_config
+    from teamrl.config import apply_overrides
+    from teamrl.sweep import config_differences
+
+    config = base_config("mappo", "mpe/simple_spread")
+    saved = config.to_dict()
+    del saved["run"]["eval_protocol"]  # as written before the key existed
+    assert config_differences(config.to_dict(), saved)
+    assert not config_differences(config.to_dict(), with_new_defaults(saved, config))
+    apply_overrides(config, {"eval_protocol": "smac"})
+    assert config_differences(config.to_dict(), with_new_defaults(saved, config))
