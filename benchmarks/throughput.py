@@ -1,5 +1,5 @@
 """Training throughput on mpe/simple_spread at JaxMARL's published IPPO settings (16 envs x
-128 steps, 4 epochs x 4 minibatches, 64-64 tanh, lr 2.5e-4), for IPPO, MAPPO and the
+128 steps, 4 epochs x 4 minibatches, 64-64 tanh, lr 2.5e-4 annealed to 0), for IPPO, MAPPO and the
 trust-region family (HAPPO, HATRPO, A2PO, CoPPO with their default separate actors; HATRPO has
 no learning rate or clip: its actors take trust-region steps, its critic the same epochs).
 
@@ -36,6 +36,10 @@ JAXMARL_IPPO_SETTINGS = {
     "hidden_sizes": "[64,64]", "activation": "tanh", "lr": 2.5e-4, "critic_lr": 2.5e-4,
     "clip_eps": 0.2, "ent_coef": 0.01, "max_grad_norm": 0.5, "gamma": 0.99, "gae_lambda": 0.95,
     "agent_id": "false", "progress": "none",
+    # JaxMARL anneals the lr linearly to 0 (ANNEAL_LR: True). Without it, at constant lr, 2 of
+    # 3 seeds collapsed at 1M steps (return -31, entropy 0.9, the critic unable to follow its
+    # targets under the raw-unit value clip); with it all 3 reach -19.
+    "lr_decay": "true",
     # JaxMARL's IPPO has no value normalisation and a plain squared-error value loss (clipped).
     "value_norm": "false", "huber": "false", "value_clip": "true",
 }

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from teamrl.config import ConfigError, parse_key_values
+from teamrl.config import ConfigError, check_output_path, parse_key_values, suggest
 
 EXIT_BAD_INPUT = 2
 
@@ -49,6 +49,7 @@ Idempotent: does nothing when gfootball already works; pip reuses the wheel it b
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teamrl", description="Compiled cooperative multi-agent RL.")
+    p.add_argument("--version", action="version", version=f"teamrl {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train an algorithm on an environment", description=TRAIN_HELP)
@@ -108,9 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str) -> int:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("teamrl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"teamrl: error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return code
 
 
 def _default_out(algo: str, env_id: str) -> str:
@@ -157,8 +167,10 @@ def cmd_resume(args) -> int:
     if bad:
         raise ConfigError(f"resume cannot change {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
     config = config_from_run_dir(args.run_dir, overrides)
-    if not runs.checkpoint_exists(args.run_dir, "latest"):
-        raise ConfigError(f"{args.run_dir!r} has no checkpoint to resume from")
+    if not any(runs.checkpoint_exists(args.run_dir, n) for n in ("latest", "best")):
+        config_file = os.path.join(args.run_dir, runs.CONFIG_FILE)
+        raise ConfigError(f"{args.run_dir!r} has no checkpoint to resume from; start it again "
+                          f"with `teamrl train --config {config_file} overwrite=true`")
     return _run_training(config, resume_dir=args.run_dir)
 
 
@@ -173,7 +185,7 @@ def _run_training(config, resume_dir) -> int:
     except TrainingStopped as err:
         print(f"teamrl: {err}", file=sys.stderr)
         return 1
-    print(f"[teamrl] done: {summary['env_steps'] if 'env_steps' in summary else 0:,} env steps "
+    print(f"[teamrl] done: {summary.get('env_steps', 0):,} env steps "
           f"per seed, return {summary.get('return_mean', float('nan')):.3f}; run folder "
           f"{summary['run_dir']}")
     return 0
@@ -236,11 +248,12 @@ def cmd_plot(args) -> int:
     allowed = {"out", "x", "y", "ci", "resamples", "seed"}
     bad = sorted(set(settings) - allowed)
     if bad:
-        raise ConfigError(f"unknown plot key {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"unknown plot key {bad[0]!r}" + suggest(bad[0], allowed, "valid keys"))
     if not run_dirs:
         raise ConfigError("plot needs at least one RUN_DIR")
     if not settings.get("out"):
         raise ConfigError("plot needs out=FILE ending in .png or .svg")
+    check_output_path(settings["out"], folder=False)
     out, groups, notes = plot_runs(
         run_dirs, settings["out"], x=settings.get("x", "env_steps"),
         y=settings.get("y", "return_mean"), ci=coerce("ci", settings.get("ci", "0.95"), float),
@@ -270,12 +283,13 @@ def cmd_report(args) -> int:
     allowed = {"out", "metric", "resamples", "seed", "norm"}
     bad = sorted(set(settings) - allowed)
     if bad:
-        raise ConfigError(f"unknown report key {bad[0]!r}; valid keys: "
-                          f"{', '.join(sorted(allowed))}")
+        raise ConfigError(f"unknown report key {bad[0]!r}"
+                          + suggest(bad[0], allowed, "valid keys"))
     if not run_dirs:
         raise ConfigError("report needs at least one RUN_DIR")
     if not settings.get("out"):
         raise ConfigError("report needs out=DIR")
+    check_output_path(settings["out"], folder=True)
     out, result, notes = write_report(
         run_dirs, settings["out"], metric=settings.get("metric") or DEFAULT_METRIC,
         resamples=coerce("resamples", settings.get("resamples", "2000"), int),
@@ -298,8 +312,8 @@ def cmd_sweep(args) -> int:
     settings = parse_key_values(args.settings)
     bad = sorted(set(settings) - {"jobs", "dry_run", "backend", "address"})
     if bad:
-        raise ConfigError(f"unknown sweep key {bad[0]!r}; valid keys: address, backend, "
-                          "dry_run, jobs")
+        raise ConfigError(f"unknown sweep key {bad[0]!r}" + suggest(
+            bad[0], {"jobs", "dry_run", "backend", "address"}, "valid keys"))
     jobs = coerce("jobs", settings.get("jobs", "1"), int)
     if jobs < 1:
         raise ConfigError(f"jobs={jobs} is out of range; must be >= 1")
@@ -383,12 +397,46 @@ def main(argv=None) -> int:
     from teamrl.runs import CheckpointError
 
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the exit's flush
+        return code
     except (ConfigError, CheckpointError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
         print("teamrl: interrupted; the latest checkpoint is kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `teamrl list | head -1`: the reader has what it wanted. Stop quietly, and point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a descriptor
+            pass
+        return 1
+    except OSError as err:  # disk full, read-only or vanished output: one line, not a trace
+        return _fail(_os_error(err), code=1)
+
+
+def _os_error(err: OSError) -> str:
+    """``cannot write PATH: [Errno 28] No space left on device``. A failed write() on an open
+    file carries no file name: the innermost file object in the traceback names it."""
+    import errno
+    import io
+
+    path, frames, tb = err.filename, [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        if path is not None:
+            break
+        path = next((v.name for v in frame.f_locals.values()
+                     if isinstance(v, io.IOBase) and isinstance(getattr(v, "name", None), str)),
+                    None)
+    verb = "write" if err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG,
+                                    errno.EACCES, errno.EPERM) else "access"
+    where = f" {path}" if path is not None else ""
+    return f"cannot {verb}{where}: [Errno {err.errno}] {err.strerror or err}"
 
 
 if __name__ == "__main__":

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import pathlib
 
-import yaml
-
 from teamrl.algos import ALGORITHMS
-from teamrl.config import (Config, ConfigError, NetworkConfig, RunConfig, apply_overrides,
-                           apply_sections, load_preset, preset_paths)
+from teamrl.config import (SECTION_NAMES, Config, ConfigError, NetworkConfig, RunConfig,
+                           apply_overrides, apply_sections, load_preset, preset_paths,
+                           read_yaml, suggest)
 from teamrl.envs.registry import default_env_options, get_entry
 
 
 def base_config(algo: str, env_id: str) -> Config:
     """Defaults of (algo, env) with the shipped presets applied."""
     if algo not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {algo!r}; valid algorithms: "
-                          + ", ".join(sorted(ALGORITHMS)))
+        raise ConfigError(f"unknown algorithm {algo!r}"
+                          + suggest(algo, ALGORITHMS, "valid algorithms"))
     get_entry(env_id)
     config = Config(RunConfig(algo=algo, env_id=env_id), NetworkConfig(),
                     ALGORITHMS[algo].config_class(), default_env_options(env_id))
@@ -32,12 +31,19 @@ def config_from_file(path, overrides: dict) -> Config:
         path = path / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    run = data.get("run", {}) if isinstance(data, dict) else {}
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections {', '.join(SECTION_NAMES)}")
+    run = data.get("run") or {}
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: section run must be a mapping of key: value")
     algo = overrides.get("algo", run.get("algo"))
     env_id = overrides.get("env_id", run.get("env_id"))
     if not algo or not env_id:
         raise ConfigError(f"{path}: run.algo and run.env_id must be set")
+    if not isinstance(algo, str) or not isinstance(env_id, str):
+        raise ConfigError(f"{path}: run.algo and run.env_id must be names, got {algo!r:.40} "
+                          f"and {env_id!r:.40}")
     config = base_config(algo, env_id)
     apply_sections(config, data, str(path))
     apply_overrides(config, overrides)

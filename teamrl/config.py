@@ -9,7 +9,10 @@ unique across sections, so each key belongs to exactly one section.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +24,17 @@ import yaml
 
 class ConfigError(ValueError):
     """Bad user input; the message is one line naming the bad value and the valid choices."""
+
+
+def suggest(name, valid, what: str, limit: int = 15) -> str:
+    """``"; did you mean 'x'?"`` when ``name`` is close to a valid choice, else the choices
+    (``what``: e.g. ``"valid keys"``), cut to ``limit`` so a typo does not print 80 names."""
+    valid = sorted(map(str, valid))
+    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    more = f" ... ({len(valid) - limit} more; see `teamrl list`)" if len(valid) > limit else ""
+    return f"; {what}: " + ", ".join(valid[:limit]) + more
 
 
 def option(default, help: str, choices=None, low=None, high=None, low_open=False,
@@ -38,6 +52,11 @@ def option(default, help: str, choices=None, low=None, high=None, low_open=False
 # papers' code evaluates the deterministic (mean / most likely action) policy on a separate set
 # of environments; teamrl records it as the ``eval_*_det`` columns.
 EVAL_PROTOCOLS = {"harl": (25, 40), "smac": (25, 32)}
+# No run takes 10^12 env steps: a larger total_steps is a typo (an extra zero or an exponent).
+MAX_TOTAL_STEPS = 10**12
+# Share of physical memory the arrays a run allocates up front may take (check_sizes): the
+# rest is left to XLA's temporaries, the envs and everything else on the machine.
+MEMORY_FRACTION = 0.75
 
 
 @dataclass
@@ -46,7 +65,9 @@ class RunConfig:
 
     algo: str = option("mappo", "algorithm name (see `teamrl list`)")
     env_id: str = option("mpe/simple_spread", "environment id (see `teamrl list`)")
-    total_steps: int = option(1_000_000, "env steps per seed (all envs summed)", low=1)
+    total_steps: int = option(1_000_000, "env steps per seed (all envs summed); rounded "
+                              "down to whole updates of num_envs*rollout_length (at least one)",
+                              low=1, high=MAX_TOTAL_STEPS)
     num_envs: int = option(16, "parallel environments per seed", low=1)
     rollout_length: int = option(128, "steps per env per update", low=1)
     seeds: int = option(1, "independent seeds trained together in one compiled program", low=1)
@@ -86,6 +107,10 @@ class RunConfig:
                                       "multi-process run", low=1)
 
     def check(self) -> None:
+        if self.process_id >= self.num_processes:
+            raise ConfigError(f"process_id={self.process_id} is out of range; valid: "
+                              f"0..{self.num_processes - 1} (num_processes="
+                              f"{self.num_processes})")
         if self.eval_protocol == "custom":
             return
         interval, episodes = EVAL_PROTOCOLS[self.eval_protocol]
@@ -119,6 +144,14 @@ class NetworkConfig:
     chunk_length: int = option(16, "recurrent training sequence length: rollouts are cut into "
                                "chunks that start from the stored hidden state; must divide "
                                "rollout_length", low=1)
+
+    def check(self) -> None:
+        if self.log_std_min >= self.log_std_max:
+            raise ConfigError(f"log_std_min={self.log_std_min!r} must be < log_std_max="
+                              f"{self.log_std_max!r}")
+        if not self.log_std_min <= self.log_std_init <= self.log_std_max:
+            raise ConfigError(f"log_std_init={self.log_std_init!r} must lie in [log_std_min, "
+                              f"log_std_max] = [{self.log_std_min!r}, {self.log_std_max!r}]")
 
 
 # Run settings that say where a run executes, not which run it is: `teamrl resume` may change
@@ -171,6 +204,7 @@ def coerce(name: str, raw, tp):
             raw = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f"{name}={raw!r} is not a valid {_type_name(tp)}") from None
+    fraction = False
     try:
         if tp is bool:
             if isinstance(raw, bool):
@@ -179,7 +213,12 @@ def coerce(name: str, raw, tp):
         if tp is int:
             if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
                 raise TypeError
+            if isinstance(raw, int):
+                return raw  # exact: float() would round integers above 2**53
             value = float(raw)
+            if isinstance(raw, float) and math.isfinite(value) and not value.is_integer():
+                fraction = True  # raised below, outside this try (ConfigError is a ValueError)
+                raise TypeError
             if not value.is_integer():
                 raise TypeError
             return int(value)
@@ -199,6 +238,8 @@ def coerce(name: str, raw, tp):
             return [int(v) if isinstance(v, (int, float)) and float(v).is_integer() else v
                     for v in raw]
     except (TypeError, ValueError):
+        if fraction:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
         valid = "true or false" if tp is bool else f"a {_type_name(tp)}"
         raise ConfigError(f"{name}={raw!r} has the wrong type; expected {valid}") from None
     return raw
@@ -250,17 +291,90 @@ def apply_overrides(config: Config, overrides: dict[str, Any], origin: str = "")
             owners[f.name] = (sec_name, sec)
     for key, raw in overrides.items():
         if key not in owners:
-            valid = ", ".join(sorted(owners))
             where = f" in {origin}" if origin else ""
-            raise ConfigError(f"unknown key {key!r}{where}; valid keys: {valid}")
+            raise ConfigError(f"unknown key {key!r}{where}"
+                              + suggest(key, owners, "valid keys (`teamrl list --keys ALGO ENV`)"))
         sec_name, sec = owners[key]
         value = coerce(key, raw, field_types(sec)[key])
+        if key == "out" and value and not origin:  # the user's out=: fail before any work
+            check_output_path(value, folder=True)
         setattr(sec, key, value)
         if key == "eval_protocol" and value in EVAL_PROTOCOLS:
             # A protocol sets its three keys; keys given after it may re-cut the same cadence
             # (log_every=5 eval_every=5), which RunConfig.check verifies.
             interval, episodes = EVAL_PROTOCOLS[value]
             sec.log_every, sec.eval_every, sec.eval_episodes = interval, 1, episodes
+    # Every path to a resolved config (train, resume, eval, sweep) ends here with the user's
+    # values: refuse absurd sizes now, before an env is built or a folder written.
+    check_sizes(config)
+
+
+def round_total_steps(run: RunConfig) -> None:
+    """A one-line notice when total_steps is not a whole number of updates of
+    num_envs*rollout_length: training runs whole updates only (at least one). config.yaml keeps
+    the value asked for, so a saved run compares equal to the request that made it (the grids'
+    and sweeps' resume); metrics.csv's env_steps say what ran."""
+    per_update = run.num_envs * run.rollout_length
+    whole = max(run.total_steps // per_update, 1) * per_update
+    if whole != run.total_steps:
+        print(f"teamrl: note: total_steps={run.total_steps} is not a whole number of updates of "
+              f"num_envs*rollout_length={per_update} steps; rounded to {whole} "
+              f"({whole // per_update} updates)", file=sys.stderr)
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_estimates(config: Config, spec=None) -> list[tuple[str, int]]:
+    """(what, bytes) of the largest arrays a run allocates: rollout buffer, evaluation envs'
+    observations, replay buffer, networks with their gradients and Adam moments. ``spec``
+    (the env's TeamSpec) gives agents and widths; without it one agent with width-1
+    observation and state is assumed, a lower bound."""
+    run, net = config.run, config.network
+    agents = len(spec.agent_names) if spec is not None else 1
+    obs = spec.obs_dim if spec is not None else 1
+    state = spec.state_dim if spec is not None else 1
+    ints = [run.num_envs, run.rollout_length, run.seeds, run.eval_episodes, *net.hidden_sizes,
+            getattr(config.algo, "buffer_size", 1)]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints):
+        return []  # validate_section names the bad value
+    a, f = agents, 4  # float32
+    out = [(f"the rollout buffer (num_envs*rollout_length*seeds*agents*(obs+state)*4 bytes = "
+            f"{run.num_envs}*{run.rollout_length}*{run.seeds}*{a}*{obs + state}*4)",
+            run.num_envs * run.rollout_length * run.seeds * a * (obs + state) * f),
+           (f"evaluation (eval_episodes*seeds*agents*(obs+state)*4 bytes = {run.eval_episodes}*"
+            f"{run.seeds}*{a}*{obs + state}*4)",
+            run.eval_episodes * run.seeds * a * (obs + state) * f)]
+    buffer = getattr(config.algo, "buffer_size", None)
+    if buffer is not None:
+        out.append((f"the replay buffer (buffer_size*seeds*agents*2*(obs+state)*4 bytes = "
+                    f"{buffer}*{run.seeds}*{a}*2*{obs + state}*4)",
+                    buffer * run.seeds * a * 2 * (obs + state) * f))
+    widths = [max(obs, state), *net.hidden_sizes, 1]
+    params = sum(i * o for i, o in zip(widths, widths[1:]))
+    # actor and critic, each with gradients and two Adam moments: 8 copies per agent and seed
+    out.append((f"the networks (hidden_sizes={net.hidden_sizes}: {params:,} weights per "
+                f"network, x 8 copies x agents {a} x seeds {run.seeds} x 4 bytes)",
+                params * 8 * a * run.seeds * f))
+    return out
+
+
+def check_sizes(config: Config, spec=None) -> None:
+    """Refuse a config whose arrays would not fit in MEMORY_FRACTION of physical memory (see
+    memory_estimates), naming the estimate, before anything is allocated or written."""
+    total = physical_memory()
+    if not total:
+        return
+    for what, need in memory_estimates(config, spec):
+        if need > MEMORY_FRACTION * total:
+            raise ConfigError(f"{what} needs about {need / 2**30:,.1f} GiB, more than "
+                              f"{MEMORY_FRACTION:.0%} of this machine's {total / 2**30:.1f} GiB "
+                              "of memory; lower these sizes")
 
 
 def apply_sections(config: Config, data: dict, origin: str) -> None:
@@ -272,18 +386,92 @@ def apply_sections(config: Config, data: dict, origin: str) -> None:
         if sec_name not in SECTION_NAMES:
             raise ConfigError(f"{origin}: unknown section {sec_name!r}; valid sections: "
                               + ", ".join(SECTION_NAMES))
-        flat.update(values or {})
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section {sec_name} must be a mapping of key: value, "
+                              f"got {type(values).__name__} {_short(values)}")
+        for key in values:
+            if not isinstance(key, str):
+                raise ConfigError(f"{origin}: section {sec_name}: key {_short(key)} is not a "
+                                  "name")
+        flat.update(values)
     apply_overrides(config, flat, origin)
 
 
+def check_output_path(path, folder: bool) -> None:
+    """Refuse, before any work, an output ``path`` (a folder, or a file with ``folder=False``)
+    that cannot be written: one under a file, on a read-only, full-inode or pseudo file system
+    (/proc), or a folder that is a file. Probes the nearest existing folder by creating an
+    anonymous temporary file in it, the only test that sees all of these; leaves nothing."""
+    import errno
+    import pathlib
+    import tempfile
+
+    target = pathlib.Path(path).absolute()
+
+    def refuse(code: int, why: str = "") -> ConfigError:
+        return ConfigError(f"cannot write {path}: [Errno {code}] {os.strerror(code)}{why}")
+
+    if folder and target.is_file():
+        raise refuse(errno.ENOTDIR, " (it is a file; give a folder)")
+    if not folder and target.is_dir():
+        raise refuse(errno.EISDIR)
+    probe = target if folder else target.parent
+    try:
+        while not probe.exists():
+            probe = probe.parent
+    except OSError as err:
+        raise refuse(err.errno or errno.EACCES) from None
+    if not probe.is_dir():
+        raise refuse(errno.ENOTDIR, f" ({probe} is a file)")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".teamrl-probe-"):
+            pass
+    except OSError as err:
+        raise refuse(err.errno or errno.EACCES, f" ({probe})" if probe != target else "") \
+            from None
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_yaml(path) -> Any:
+    """A YAML file's data (safe loader: no python/* tags); ConfigError, one line, for a file
+    that cannot be read, is not UTF-8 or is not valid YAML."""
+    import pathlib
+
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: [Errno {err.errno}] {err.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: "
+                          f"{getattr(err, 'problem', None) or type(err).__name__}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+
+
 def parse_key_values(args: list[str]) -> dict[str, str]:
-    """``["lr=3e-4", "seeds=4"]`` -> ``{"lr": "3e-4", "seeds": "4"}``."""
+    """``["lr=3e-4", "seeds=4"]`` -> ``{"lr": "3e-4", "seeds": "4"}``; a key given twice is an
+    error (which one was meant is a guess)."""
     out = {}
     for arg in args:
         if "=" not in arg or arg.startswith("="):
             raise ConfigError(f"argument {arg!r} is not of the form key=value")
         key, value = arg.split("=", 1)
-        out[key.strip()] = value
+        key = key.strip()
+        if key in out:
+            raise ConfigError(f"{key} is given twice ({key}={out[key]} and {arg}); give it once")
+        out[key] = value
     return out
 
 

@@ -168,16 +168,14 @@ def initialize_from_settings(settings: dict, config_file=None) -> None:
     computes arrays on import, which starts JAX's backend, after which no process can join."""
     import pathlib
 
-    import yaml
-
-    from teamrl.config import RunConfig, coerce, field_types, validate_section
+    from teamrl.config import RunConfig, coerce, field_types, read_yaml, validate_section
 
     values = {}
     path = pathlib.Path(config_file) if config_file else None
     if path is not None and path.is_dir():
         path = path / "config.yaml"
     if path is not None and path.is_file():
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}  # one-line errors for a broken file
         saved = data.get("run") if isinstance(data, dict) else None
         values = {k: saved[k] for k in DISTRIBUTED_KEYS if isinstance(saved, dict) and k in saved}
     values.update({k: settings[k] for k in DISTRIBUTED_KEYS if k in settings})

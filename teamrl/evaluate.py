@@ -55,7 +55,6 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
                  overrides: dict | None = None) -> dict:
     """Evaluate every seed of a run folder's checkpoint (``best`` falls back to ``latest``);
     ``episodes`` defaults to the run's ``eval_episodes``. Writes ``eval_<ckpt>_<mode>.json``."""
-    from teamrl import runs
     from teamrl.cli_config import config_from_run_dir
     from teamrl.train import make_trainer
 
@@ -63,12 +62,10 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
 
     run_dir = pathlib.Path(run_dir)
     config = config_from_run_dir(run_dir, {**ONE_DEVICE, **(overrides or {})})
-    if not runs.checkpoint_exists(run_dir, checkpoint):
-        checkpoint = "latest"
     episodes = episodes or config.run.eval_episodes
     trainer = make_trainer(config)
     try:
-        runner, meta = runs.load_checkpoint(run_dir, checkpoint, trainer.init())
+        checkpoint, runner, meta = load_for_eval(run_dir, checkpoint, trainer)
         keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(trainer.seed_keys())
         returns, won = (np.asarray(x) for x in trainer.evaluation_returns(
             runner.train_state, keys, episodes, deterministic))
@@ -96,6 +93,22 @@ def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint:
     (run_dir / name).write_text(json.dumps(result, indent=2))
     result["file"] = str(run_dir / name)
     return result
+
+
+def load_for_eval(run_dir, checkpoint: str, trainer):
+    """``(name, runner, meta)`` of checkpoint ``checkpoint`` (best or latest), else the other
+    one, with a one-line note on stderr saying why; raises CheckpointError (one line) when
+    neither is usable."""
+    import sys
+
+    from teamrl import runs
+
+    other = "latest" if checkpoint == "best" else "best"
+    return runs.load_with_fallback(
+        run_dir, trainer.init(), order=(checkpoint, other),
+        what_to_do=f"train it (`teamrl resume {run_dir}` or `teamrl train --config "
+                   f"{pathlib.Path(run_dir) / runs.CONFIG_FILE} overwrite=true`) first",
+        note=lambda line: print(line, file=sys.stderr))
 
 
 def _nanmean(values) -> float | None:
@@ -236,7 +249,6 @@ def render_run(run_dir, out, episodes: int = 1, deterministic: bool = True,
     import os
     import tempfile
 
-    from teamrl import runs
     from teamrl.cli_config import config_from_run_dir
     from teamrl.config import ConfigError
     from teamrl.train import make_trainer
@@ -258,11 +270,9 @@ def render_run(run_dir, out, episodes: int = 1, deterministic: bool = True,
     run_dir = pathlib.Path(run_dir)
     config = config_from_run_dir(run_dir, dict(ONE_DEVICE))
     env_id = config.run.env_id
-    if not runs.checkpoint_exists(run_dir, checkpoint):
-        checkpoint = "latest"
     trainer = make_trainer(config)
     try:
-        runner, meta = runs.load_checkpoint(run_dir, checkpoint, trainer.init())
+        checkpoint, runner, meta = load_for_eval(run_dir, checkpoint, trainer)
         train_state = jax.tree.map(lambda x: x[0], runner.train_state)
         key = jax.random.fold_in(trainer.seed_keys()[0], 0xF11E)
         if getattr(trainer.team_env, "is_host", False):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from teamrl.policies import _MASKED_LOGIT
+from teamrl.policies import _MASKED_LOGIT, soft_clip
 
 _LN_EPSILON = 1e-6  # flax.linen.LayerNorm's default
 
@@ -108,7 +108,7 @@ class NumpyPolicy:
             norm = next(norms) if self.layer_norm and i < self.hidden else None
             params["layers"].append((dense["kernel"], row(dense["bias"]), norm))
         if not self.discrete:  # [S, (N,) A] -> [S, 1, (1 or N), A], broadcast over envs
-            log_std = np.clip(tree["actor"]["log_std"], *self.log_std_range)
+            log_std = soft_clip(tree["actor"]["log_std"], *self.log_std_range, xp=np)
             params["log_std"] = log_std[:, None, None] if self.shared else log_std[:, None]
         if self.obs_norm:  # [S, N, D] -> [S, 1, N, D]
             params["obs_mean"] = tree["obs_mean"][:, None]

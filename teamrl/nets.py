@@ -19,7 +19,7 @@ import numpy as np
 
 from teamrl.config import NetworkConfig
 from teamrl.envs.spec import TeamObs, TeamSpec
-from teamrl.policies import DiagGaussian, MaskedCategorical
+from teamrl.policies import DiagGaussian, MaskedCategorical, soft_clip, soft_clip_inverse
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}
 
@@ -222,17 +222,19 @@ class Actor:
     @property
     def stack(self) -> AgentStack:
         cfg = self.net
+        # The raw parameter whose soft-clipped value (see ``wrap``) is exactly log_std_init.
+        log_std_init = soft_clip_inverse(cfg.log_std_init, cfg.log_std_min, cfg.log_std_max)
         if cfg.recurrent:
             module = GRUNet(tuple(cfg.hidden_sizes), cfg.gru_size, self.spec.action_dim,
                             cfg.activation, cfg.layer_norm, out_gain=0.01,
                             input_norm=cfg.input_norm, gaussian=not self.spec.discrete,
-                            log_std_init=cfg.log_std_init)
+                            log_std_init=log_std_init)
         elif self.spec.discrete:
             module = MLP(tuple(cfg.hidden_sizes), self.spec.action_dim, cfg.activation,
                          cfg.layer_norm, out_gain=0.01, input_norm=cfg.input_norm)
         else:
             module = GaussianHead(tuple(cfg.hidden_sizes), self.spec.action_dim, cfg.activation,
-                                  cfg.layer_norm, cfg.log_std_init, cfg.input_norm)
+                                  cfg.layer_norm, log_std_init, cfg.input_norm)
         return AgentStack(module, self.spec.n_agents, self.shared)
 
     def init(self, key):
@@ -261,11 +263,11 @@ class Actor:
         return self.wrap(self.module_outputs(params_one, obs), avail)
 
     def wrap(self, out, avail):
-        """Raw network outputs -> the distribution (log std clipped)."""
+        """Raw network outputs -> the distribution (log std smoothly bounded)."""
         if self.spec.discrete:
             return MaskedCategorical(logits=out, avail=avail)
         mean, log_std = out
-        log_std = jnp.clip(log_std, self.net.log_std_min, self.net.log_std_max)
+        log_std = soft_clip(log_std, self.net.log_std_min, self.net.log_std_max)
         return DiagGaussian(mean=mean, log_std=jnp.broadcast_to(log_std, mean.shape),
                             dim_mask=avail)
 

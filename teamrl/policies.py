@@ -16,6 +16,44 @@ import jax.numpy as jnp
 _MASKED_LOGIT = -1e9
 
 
+def _knee(low: float, high: float) -> float:
+    """Width of the saturating band inside each bound of :func:`soft_clip`."""
+    return min(1.0, (high - low) / 2)
+
+
+def soft_clip(x, low: float, high: float, xp=jnp):
+    """Smooth clamp of x (any shape) into [low, high], for the Gaussian log std.
+
+    The identity on [low + w, high - w], w = min(1, (high - low) / 2); within w of a bound,
+    a tanh tail (C², slope 1 at the knee) that tends to the bound. A hard clip's gradient
+    is 0 beyond a bound, so one step past it froze the log std there; this one's gradient
+    is positive everywhere and decays smoothly (sech² of the distance past the knee / w).
+    low == high pins x to low. ``xp``: jax.numpy, or numpy for host-side acting.
+    """
+    w = _knee(low, high)
+    if w <= 0:
+        return xp.clip(x, low, high)
+    lo, hi = low + w, high - w
+    upper = hi + w * xp.tanh((x - hi) / w)
+    lower = lo + w * xp.tanh((x - lo) / w)
+    return xp.where(x > hi, upper, xp.where(x < lo, lower, x))
+
+
+def soft_clip_inverse(y: float, low: float, high: float) -> float:
+    """The x with soft_clip(x, low, high) == y (y inside (low, high); clamped just inside
+    otherwise): the initial log-std parameter that makes the initial log std exactly y."""
+    w = _knee(low, high)
+    if w <= 0:
+        return float(low)
+    lo, hi = low + w, high - w
+    y = min(max(float(y), low + 1e-6 * w), high - 1e-6 * w)
+    if y > hi:
+        return hi + w * math.atanh((y - hi) / w)
+    if y < lo:
+        return lo + w * math.atanh((y - lo) / w)
+    return y
+
+
 @flax.struct.dataclass
 class MaskedCategorical:
     """Categorical over A actions with unavailable actions removed.

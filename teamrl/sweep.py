@@ -23,7 +23,8 @@ what happens to it (:func:`inspect_run`):
 - ``train``: no folder, or a folder without a checkpoint (nothing to resume; see
   :func:`prepare_folder` for what happens to it) -> ``teamrl train``;
 - ``conflict``: a checkpointed folder whose config.yaml differs from what the sweep now asks
-  (other than the keys ``teamrl resume`` may change), or that holds more updates than asked ->
+  (other than the keys ``teamrl resume`` may change), that holds more updates than asked, or
+  in which a live process trains (its lock, :class:`teamrl.runs.RunLock`, is held) ->
   the sweep refuses to start, naming the folder and the first differing key, rather than mix
   results.
 
@@ -66,7 +67,9 @@ _IGNORED = ({"run.out", "run.overwrite"} | {f"run.{k}" for k in RESUME_KEYS}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 MAX_NAME = 120
 STOP_GRACE_S = 30.0
-LAUNCHER = (sys.executable, "-m", "teamrl.sweep")  # runs `teamrl ARGS` pinned (see _launch)
+# Runs `teamrl ARGS` pinned (see _launch). -P: `-m` would put the working directory first on
+# sys.path, so a yaml.py (or any module name) there would be imported by every run.
+LAUNCHER = (sys.executable, "-P", "-m", "teamrl.sweep")
 
 
 # ------------------------------------------------------------------------------ the file
@@ -114,18 +117,13 @@ def _names(where: str, value) -> list[str]:
 def load_sweep(path) -> SweepSpec:
     """Read and check a sweep file (module docstring); ConfigError names the bad value."""
     from teamrl.algos import ALGORITHMS
+    from teamrl.config import check_output_path, read_yaml, suggest
     from teamrl.envs.registry import get_entry
 
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: "
-                          f"{getattr(err, 'problem', None) or type(err).__name__}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(map(str, data)) - set(SWEEP_KEYS))
@@ -137,12 +135,16 @@ def load_sweep(path) -> SweepSpec:
             raise ConfigError(f"{path}: {key} is required")
     if not isinstance(data["out"], str):
         raise ConfigError(f"{path}: out={data['out']!r} must be a folder path")
+    try:
+        check_output_path(data["out"], folder=True)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: out: {err}") from None
 
     algos = _names(f"{path}: algos", data["algos"])
     for algo in algos:
         if algo not in ALGORITHMS:  # the same message as `teamrl train`
-            raise ConfigError(f"{path}: unknown algorithm {algo!r}; valid algorithms: "
-                              + ", ".join(sorted(ALGORITHMS)))
+            raise ConfigError(f"{path}: unknown algorithm {algo!r}"
+                              + suggest(algo, ALGORITHMS, "valid algorithms"))
     raw_envs = data["envs"]
     if isinstance(raw_envs, dict):
         envs = {str(e): _settings(f"{path}: envs: {e}", s) for e, s in raw_envs.items()}
@@ -319,10 +321,17 @@ def config_differences(requested: dict, saved: dict) -> list[str]:
 
 
 def checkpoint_meta(run_dir: pathlib.Path) -> dict:
-    """The meta (updates, wall_time, ...) recorded by ``checkpoints/latest.json``, the sidecar
-    runs.save_checkpoint writes last, so it never names updates the msgpack lacks."""
-    sidecar = json.loads((run_dir / "checkpoints" / "latest.json").read_text(encoding="utf-8"))
-    return sidecar["meta"]
+    """The meta (updates, wall_time, ...) of the checkpoint ``teamrl resume`` would continue
+    from: ``latest``, else ``best`` when latest is missing or broken (its msgpack's hash
+    verified). Raises runs.CheckpointError when neither is sound."""
+    from teamrl import runs
+
+    try:
+        return runs.read_checkpoint(run_dir, "latest")[1]
+    except runs.CheckpointError:
+        if not runs.checkpoint_exists(run_dir, "best"):
+            raise
+        return runs.read_checkpoint(run_dir, "best")[1]
 
 
 def _checkpoint_updates(run_dir: pathlib.Path) -> int:
@@ -359,7 +368,12 @@ def inspect_run(plan: RunPlan) -> None:
     if not run_dir.is_dir():
         plan.state, plan.detail = "conflict", f"{str(run_dir)!r} is a file, not a run folder"
         return
-    if not runs.checkpoint_exists(run_dir, "latest"):
+    holder = runs.lock_holder(run_dir)
+    if holder is not None:
+        who = f"process {holder}" if isinstance(holder, int) else holder
+        plan.state, plan.detail = "conflict", f"is in use by {who} (training in it; wait for it)"
+        return
+    if not any(runs.checkpoint_exists(run_dir, n) for n in ("latest", "best")):
         # Nothing to resume, whatever config it had: train afresh (prepare_folder).
         plan.state = "train"
         plan.detail = ("no checkpoint; the folder holds results and will be moved to "
@@ -385,7 +399,7 @@ def inspect_run(plan: RunPlan) -> None:
         done = _checkpoint_updates(run_dir)
     except (OSError, ValueError, KeyError, TypeError) as err:
         plan.state = "conflict"
-        plan.detail = f"checkpoints/latest.json is unreadable ({type(err).__name__})"
+        plan.detail = f"has no sound checkpoint ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
         return
     if done > target:
         plan.state = "conflict"
@@ -464,7 +478,9 @@ def child_env(out: pathlib.Path, jobs: int, cpus, base=None) -> dict:
     sets): unbuffered output for the log; a compilation cache shared by the sweep's runs (runs
     differing only in seed compile the same programs); with several jobs, BLAS/OpenMP threads
     limited to the run's CPUs and no GPU memory preallocation (the runs share the device)."""
-    env = dict(os.environ if base is None else base, PYTHONUNBUFFERED="1")
+    # PYTHONSAFEPATH: neither the run nor its env worker processes (`python -c`) import
+    # modules from the working directory (see LAUNCHER).
+    env = dict(os.environ if base is None else base, PYTHONUNBUFFERED="1", PYTHONSAFEPATH="1")
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str((out / ".jax_cache").resolve()))
     if jobs > 1:
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -505,7 +521,12 @@ def _last_line(path: pathlib.Path) -> str:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)  # progress must show when the sweep's output is piped to a file
+    try:
+        print(line, flush=True)  # progress must show when the sweep's output is piped to a file
+    except BrokenPipeError:
+        # The reader went away (`teamrl sweep ... | head`): the runs go on, unseen (their
+        # logs have everything); later lines go to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def execute(plans: list[RunPlan], out: pathlib.Path, jobs: int, log=_say,

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from teamrl import distributed
 from teamrl.algos import ALGORITHMS
-from teamrl.config import Config, ConfigError, validate_section
+from teamrl.config import (Config, ConfigError, check_sizes, round_total_steps,
+                           validate_section)
 from teamrl.envs.registry import make_env
 from teamrl.envs.spec import TeamObs
 from teamrl.host_policy import numpy_policy
@@ -64,7 +65,9 @@ def build(config: Config):
         check_recurrent(config, algo_cls)
     team_env = make_env(run.env_id, config.env, agent_id=resolve_agent_id(config),
                         team_reward=run.team_reward)
+    check_sizes(config, team_env.spec)  # memory with the env's real widths, before allocating
     algo_cls.check(team_env.spec, config.algo, run)
+    round_total_steps(run)  # whole updates only, with a notice; after every refusal
     algo = algo_cls(team_env.spec, config.algo, config.network, total_updates(run))
     if config.network.obs_norm:
         from teamrl.algos.obs_norm import ObsNormalised
@@ -422,6 +425,43 @@ class HostTrainer(Trainer):
         return final.reshape(S, episodes), won
 
     def evaluate(self, runner: Runner, episodes: int) -> dict:
+        """The in-training evaluation; a failed, dead or hung eval env stops training as one in
+        the training envs does (TrainingStopped, the latest checkpoint kept)."""
+        import numpy as np
+
+        from teamrl.envs.host_env import HostEnvError
+
+        try:
+            return self._evaluate_host(runner, episodes)
+        except HostEnvError as err:
+            raise TrainingStopped(f"{err}\ntraining stopped at update "
+                                  f"{int(np.max(np.asarray(runner.updates)))}, "
+                                  f"in its evaluation. {self._last_checkpoint()}") from None
+
+    def _last_checkpoint(self) -> str:
+        """Where the run can resume from, as the training loop says it (the evaluation runs
+        outside the loop's guarded step, so the message is rebuilt from the run folder)."""
+        import json
+        import pathlib
+
+        from teamrl import runs
+
+        run_dir = pathlib.Path(self.config.run.out)
+        for name in ("latest", "best"):
+            if runs.checkpoint_exists(run_dir, name):
+                sidecar = runs.checkpoint_files(run_dir, name)[1]
+                try:
+                    meta = json.loads(sidecar.read_text(encoding="utf-8"))["meta"]
+                    update = f" (update {int(meta['updates'])})"
+                except (OSError, ValueError, KeyError, TypeError):
+                    update = ""
+                return (f"The last good checkpoint is '{name}' in {run_dir / runs.CHECKPOINT_DIR}"
+                        f"{update}; `teamrl resume {run_dir}` continues from it")
+        return ("No checkpoint was written before it stopped, so there is nothing to resume; "
+                f"`teamrl train --config {run_dir / 'config.yaml'} overwrite=true` starts it "
+                "again")
+
+    def _evaluate_host(self, runner: Runner, episodes: int) -> dict:
         import numpy as np
 
         keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(runner.key)
@@ -552,26 +592,111 @@ def train(config: Config, resume_dir=None, log=print) -> dict:
 
     run = config.run
     distributed.initialize(run)  # before JAX touches a device; nothing for one process
+    lock = runs.RunLock(run.out if resume_dir is None else resume_dir)
+    trainer_config = config
     if resume_dir is None:
         refusal = None
         if distributed.is_writer():
             try:
                 runs.check_run_dir_free(run.out, run.overwrite)
-            except runs.RunExistsError as err:
+            except ConfigError as err:
                 refusal = err
         if not distributed.writer_value(refusal is None):
             raise refusal or ConfigError("process 0 refused to start the run (its run folder "
                                          "exists); see its message")
-    trainer = make_trainer(config)  # validates everything before the run folder is touched
+    else:
+        if distributed.is_writer():
+            lock.acquire()  # before anything is read: a live run's files are moving
+        trainer_config = with_schedule_horizon(config, resume_dir)
     try:
-        return _train_loop(config, trainer, resume_dir, log)
+        trainer = make_trainer(trainer_config)  # validates everything before the run folder is touched
+        try:
+            return _train_loop(config, trainer, resume_dir, log, lock)
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        lock.release()
 
 
-def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
+def with_schedule_horizon(config: Config, run_dir) -> Config:
+    """``config`` with the ``total_steps`` the run's schedules were built for (learning-rate
+    decay, exploration): extending a run keeps them over the original horizon, holding their
+    final values after it, so the learning rate never jumps. The horizon is recorded in the
+    checkpoints (``schedule_updates``); older runs' is the total_steps of their config.yaml."""
+    import copy
+    import json
+    import pathlib
+
+    from teamrl import runs
+
+    horizon = None
+    for name in ("latest", "best"):
+        try:
+            sidecar = json.loads((pathlib.Path(run_dir) / runs.CHECKPOINT_DIR / f"{name}.json")
+                                 .read_text(encoding="utf-8"))
+            horizon = int(sidecar["meta"]["schedule_updates"])
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if horizon is None:
+        try:
+            horizon = max(int(runs.read_config(run_dir)["run"]["total_steps"])
+                          // steps_per_update(config.run), 1)
+        except Exception:  # unreadable: the current total, as before
+            return config
+    if horizon == total_updates(config.run):
+        return config
+    built = copy.deepcopy(config)
+    built.run.total_steps = horizon * steps_per_update(config.run)
+    return built
+
+
+def check_checkpoint(config: Config, run_dir, name: str, meta: dict) -> None:
+    """Refuse checkpoint ``name`` of ``run_dir`` (one line) if it was saved for another config
+    (CheckpointMismatch) or its counters were edited or are inconsistent (CheckpointError)."""
+    from teamrl import runs
+
+    run = config.run
+    record = meta.get("config")
+    if isinstance(record, dict):
+        mismatch = runs.config_mismatch(record, runs.config_record(config.to_dict()))
+        if mismatch:
+            raise runs.CheckpointMismatch(
+                f"checkpoint '{name}' of '{run_dir}' was saved for another configuration "
+                f"({mismatch}); restore config.yaml or train a new run")
+
+    def whole(key):
+        value = meta.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    bad = f"checkpoint '{name}' has inconsistent counters (edited?): "
+    updates = whole("updates")
+    if updates is None or updates < 0:
+        raise runs.CheckpointError(bad + f"updates={meta.get('updates')!r} is not a whole "
+                                   "number >= 0")
+    if "env_steps" in meta and meta["env_steps"] != updates * steps_per_update(run):
+        raise runs.CheckpointError(bad + f"env_steps={meta['env_steps']!r} is not updates x "
+                                   f"num_envs x rollout_length = {updates * steps_per_update(run)}")
+    total, chunk = whole("total_updates"), whole("chunk")
+    if total is not None and updates > total:
+        raise runs.CheckpointError(bad + f"updates={updates} is above its run's {total} updates")
+    if total is not None and chunk and updates % chunk and updates != total:
+        raise runs.CheckpointError(bad + f"updates={updates} is not a multiple of its {chunk} "
+                                   "updates per log row")
+    if "seeds" in meta and meta["seeds"] != [run.seed + s for s in range(run.seeds)]:
+        raise runs.CheckpointMismatch(f"checkpoint '{name}' of '{run_dir}' holds seeds "
+                                      f"{meta['seeds']!r}, config.yaml asks for seed={run.seed} "
+                                      f"seeds={run.seeds}; restore config.yaml")
+    for key in ("wall_time", "best_return"):
+        if key in meta and (isinstance(meta[key], bool)
+                            or not isinstance(meta[key], (int, float))):
+            raise runs.CheckpointError(bad + f"{key}={meta[key]!r} is not a number")
+
+
+def _train_loop(config: Config, trainer: Trainer, resume_dir, log, lock=None) -> dict:
     import math
     import pathlib
+    import sys
     import time
 
     import numpy as np
@@ -585,22 +710,48 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
     writes = distributed.is_writer()  # process 0 of a multi-process run; always on one
     runner = trainer.init()
     meta = {"updates": 0, "wall_time": 0.0, "best_return": -math.inf}
+    spu = steps_per_update(run)
+    target_updates = total_updates(run)
+    # The last checkpoints written (or resumed from): {name: update}, named if training stops.
+    saved = {}
     if resume_dir is not None:
         run_dir = pathlib.Path(resume_dir)
-        runner, meta = runs.load_checkpoint(run_dir, "latest", runner)
+        if writes:
+            runs.clean_checkpoints(run_dir)  # leftovers of a killed write; the lock is held
+        again = f"start it again with `teamrl train --config {run_dir / runs.CONFIG_FILE} " \
+                "overwrite=true`"
+        name, runner, meta = runs.load_with_fallback(
+            run_dir, runner, check=partial(check_checkpoint, config, run_dir),
+            what_to_do=again, note=lambda line: print(line, file=sys.stderr) if writes else None)
+        saved[name] = int(meta["updates"])
+        done = int(meta["updates"])
+        if done > target_updates or (done == target_updates
+                                     and (run_dir / runs.CURVE_FILE).is_file()):
+            # (A run killed after its last checkpoint but before its curve is finished below.)
+            raise ConfigError(
+                f"total_steps={run.total_steps} ({target_updates} updates) is not above the "
+                f"{done} updates ({done * spu:,} env steps) '{run_dir}' has done; pass "
+                f"total_steps={(done + 1) * spu} or more to train longer")
         runner = trainer.place(runner)
         if writes:
             runs.write_config(run_dir, config.to_dict())
     elif writes:
-        run_dir = runs.prepare_run_dir(run.out, run.overwrite)
+        run_dir = runs.prepare_run_dir(run.out, run.overwrite, lock)
         runs.write_config(run_dir, config.to_dict())
     else:
         run_dir = pathlib.Path(run.out)
 
-    target_updates = total_updates(run)
     updates_done, wall_offset = int(meta["updates"]), float(meta["wall_time"])
     best_return = float(meta["best_return"])
-    chunk = default_log_every(run)
+    # An extended run keeps its rows' spacing (the automatic one depends on total_steps).
+    saved_chunk = meta.get("chunk")
+    chunk = run.log_every or (saved_chunk if isinstance(saved_chunk, int) and saved_chunk > 0
+                              else default_log_every(run))
+    record = runs.config_record(config.to_dict())
+    fixed_meta = {"total_updates": target_updates, "chunk": chunk,
+                  "schedule_updates": total_updates(trainer.config.run),
+                  "algo": run.algo, "env_id": run.env_id, "config": record,
+                  "config_sha256": runs.config_sha256(record)}
     seeds = [run.seed + s for s in range(run.seeds)]
     progress = ProgressReporter(target_updates * steps_per_update(run),
                                 start_steps=updates_done * steps_per_update(run),
@@ -608,15 +759,29 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
     if run.progress in ("bar", "lines"):
         progress.is_terminal = run.progress == "bar"
     compiled = {}
-    summary = {"run_dir": str(run_dir), "updates": updates_done}
+    summary = {"run_dir": str(run_dir), "updates": updates_done,
+               "env_steps": updates_done * spu, "return_mean": math.nan}
     row_index = 0
-    saved_update = updates_done
     start = time.perf_counter()
-    metrics_writer = (runs.MetricsWriter(run_dir, resume=resume_dir is not None) if writes
+    metrics_writer = (runs.MetricsWriter(run_dir, resume=resume_dir is not None,
+                                         keep_updates=updates_done,
+                                         keep_steps=updates_done * spu) if writes
                       else runs.NullWriter())
+
+    def where_saved() -> str:
+        name = "latest" if "latest" in saved else "best" if saved else None
+        if name is None:
+            return ("No checkpoint was written before it stopped, so there is nothing to "
+                    f"resume; `teamrl train --config {run_dir / runs.CONFIG_FILE} "
+                    "overwrite=true` starts it again")
+        return (f"The last good checkpoint is '{name}' in {run_dir / runs.CHECKPOINT_DIR} "
+                f"(update {saved[name]}); `teamrl resume {run_dir}` continues from it")
+
     with progress, metrics_writer as writer:
         while updates_done < target_updates:
-            k = min(chunk, target_updates - updates_done)
+            # Up to the next multiple of `chunk` (a run extended past a total that was not
+            # one realigns), so rows fall at the updates of an uninterrupted run.
+            k = min(chunk - updates_done % chunk, target_updates - updates_done)
             if k not in compiled:
                 t0 = time.perf_counter()
                 compiled[k] = trainer.compile_chunk(runner, k)
@@ -627,16 +792,13 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
                 new_runner, metrics = compiled[k](runner)
             except HostEnvError as err:
                 raise TrainingStopped(
-                    f"{err}\ntraining stopped at update {updates_done}. The last good "
-                    f"checkpoint is {run_dir / 'checkpoints' / 'latest.msgpack'} "
-                    f"(update {saved_update})") from None
+                    f"{err}\ntraining stopped at update {updates_done}. {where_saved()}") \
+                    from None
             metrics = jax.tree.map(np.asarray, metrics)
             elapsed = time.perf_counter() - t0
             problem = _first_nonfinite(metrics, updates_done, seeds)
             if problem:
-                raise TrainingDiverged(
-                    f"{problem}; training stopped. The last good checkpoint is "
-                    f"{run_dir / 'checkpoints' / 'latest.msgpack'} (update {saved_update})")
+                raise TrainingDiverged(f"{problem}; training stopped. {where_saved()}")
             runner = new_runner
             updates_done += k
             wall = wall_offset + time.perf_counter() - start
@@ -655,6 +817,8 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
                     for name in names:
                         row[name] = float(evaluation[name][s]) if due else math.nan
             writer.write(rows)
+            if writes:
+                runs.fault("metrics:row")
             mean_return = float(np.nanmean([r["return_mean"] for r in rows])) \
                 if any(math.isfinite(r["return_mean"]) for r in rows) else math.nan
             progress.update(updates_done * steps_per_update(run),
@@ -663,19 +827,27 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log) -> dict:
             if is_best:
                 best_return = mean_return
             meta = {"updates": updates_done, "env_steps": updates_done * steps_per_update(run),
-                    "wall_time": wall, "best_return": best_return, "seeds": seeds}
+                    "wall_time": wall, "best_return": best_return, "seeds": seeds,
+                    **fixed_meta}
             last_chunk = updates_done >= target_updates
             if row_index % run.checkpoint_every == 0 or last_chunk or is_best:
                 # A collective with several processes: every process gathers, one writes.
-                saved = trainer.placement.host_copy(runner)
+                host_runner = trainer.placement.host_copy(runner)
                 if writes and (row_index % run.checkpoint_every == 0 or last_chunk):
-                    runs.save_checkpoint(run_dir, "latest", saved, meta)
+                    runs.save_checkpoint(run_dir, "latest", host_runner, meta)
                 if writes and is_best:
-                    runs.save_checkpoint(run_dir, "best", saved, meta)
+                    runs.save_checkpoint(run_dir, "best", host_runner, meta)
                 if row_index % run.checkpoint_every == 0 or last_chunk:
-                    saved_update = updates_done
+                    saved["latest"] = updates_done
+                if is_best:
+                    saved["best"] = updates_done
             summary.update(updates=updates_done, return_mean=mean_return,
                            env_steps=updates_done * steps_per_update(run), steps_per_s=sps)
+    if "steps_per_s" not in summary and writes and (run_dir / runs.METRICS_FILE).is_file():
+        # Resumed only to finish (nothing left to train): report the last rows' return.
+        last = [r.get("return_mean", math.nan) for r in runs.read_metrics(run_dir)[-run.seeds:]]
+        finite = [x for x in last if isinstance(x, float) and math.isfinite(x)]
+        summary["return_mean"] = float(np.mean(finite)) if finite else math.nan
     replicas = trainer.placement.check_replicas(runner.train_state)
     if replicas:
         progress.log(f"[teamrl] {replicas}")

@@ -217,7 +217,8 @@ def _checkpoint_state(run_dir):
     from flax import serialization
 
     folder = run_dir / "checkpoints"
-    state = serialization.msgpack_restore((folder / "latest.msgpack").read_bytes())
+    state = serialization.msgpack_restore(
+        runs.checkpoint_files(run_dir, "latest")[0].read_bytes())
     meta = json.loads((folder / "latest.json").read_text())["meta"]
     return state["train_state"], meta
 

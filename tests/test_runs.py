@@ -128,23 +128,27 @@ def test_checkpoint_leaves_no_temp_files(tmp_path):
         runs.save_checkpoint(tmp_path, "latest", _state(i), {"i": i})
     runs.save_checkpoint(tmp_path, "best", _state(0), {"i": 0})
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["best.json", "best.msgpack", "latest.json", "latest.msgpack"]
+    assert names == [runs.checkpoint_files(tmp_path, "best")[0].name, "best.json",
+                     runs.checkpoint_files(tmp_path, "latest")[0].name, "latest.json"]
+    assert names[0].startswith("best-") and names[2].startswith("latest-")
     assert runs.load_checkpoint(tmp_path, "latest", _state(0))[1] == {"i": 2}
 
 
 def test_checkpoint_corruption_and_mismatch_detected(tmp_path):
     ckpt = tmp_path / "checkpoints"
     runs.save_checkpoint(tmp_path, "latest", _state(1), {"step": 1})
-    data = bytearray((ckpt / "latest.msgpack").read_bytes())
+    latest = runs.checkpoint_files(tmp_path, "latest")[0]
+    data = bytearray(latest.read_bytes())
     data[-1] ^= 0xFF
-    (ckpt / "latest.msgpack").write_bytes(bytes(data))
+    latest.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt or mismatched"):
         runs.load_checkpoint(tmp_path, "latest", _state(0))
 
-    # A msgpack from another save paired with a stale json (crash between replaces).
+    # A msgpack from another save paired with a stale json.
     runs.save_checkpoint(tmp_path, "latest", _state(1), {"step": 1})
     runs.save_checkpoint(tmp_path, "best", _state(2), {"step": 2})
-    (ckpt / "latest.msgpack").write_bytes((ckpt / "best.msgpack").read_bytes())
+    runs.checkpoint_files(tmp_path, "latest")[0].write_bytes(
+        runs.checkpoint_files(tmp_path, "best")[0].read_bytes())
     with pytest.raises(ValueError, match="corrupt or mismatched"):
         runs.load_checkpoint(tmp_path, "latest", _state(0))
 
@@ -205,3 +209,64 @@ def test_progress_rich_bar_on_terminal():
         p.log("[teamrl] hello")
     text = buf.getvalue()
     assert "return 3.14" in text and "eta 0:00:02" in text and "[teamrl] hello" in text
+
+
+# ------------------------------------------------- resume safety (issue 28, items 1-7)
+
+def test_metrics_resume_drops_rows_past_the_checkpoint(tmp_path):
+    (tmp_path / "metrics.csv").write_text(
+        "seed,updates,return_mean\n0,1,1.0\n1,1,1.5\n0,2,2.0\n1,2,2.5\n0,3,3.0\n1,3,3.5\n")
+    with runs.MetricsWriter(tmp_path, resume=True, keep_updates=2, keep_steps=256) as w:
+        w.write([{"seed": 0, "updates": 3, "return_mean": 9.0}])
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1:] == [
+        "0,1,1.0", "1,1,1.5", "0,2,2.0", "1,2,2.5", "0,3,9.0"]
+
+
+def test_fallback_notes_the_broken_checkpoint(tmp_path):
+    runs.save_checkpoint(tmp_path, "latest", _state(1), {"updates": 4})
+    runs.save_checkpoint(tmp_path, "best", _state(2), {"updates": 2})
+    runs.checkpoint_files(tmp_path, "latest")[0].write_bytes(b"torn")
+    notes = []
+    name, tree, meta = runs.load_with_fallback(tmp_path, _state(0), note=notes.append)
+    assert name == "best" and meta == {"updates": 2} and tree.step == _state(2).step
+    assert len(notes) == 1 and "'latest' is unusable" in notes[0] and "(update 2)" in notes[0]
+    runs.checkpoint_files(tmp_path, "best")[0].write_bytes(b"torn")
+    with pytest.raises(runs.CheckpointError, match="no usable checkpoint.*; do this"):
+        runs.load_with_fallback(tmp_path, _state(0), what_to_do="do this")
+
+
+def test_clean_checkpoints_removes_leftovers_only(tmp_path):
+    runs.save_checkpoint(tmp_path, "latest", _state(1), {"updates": 1})
+    folder = tmp_path / "checkpoints"
+    keep = runs.checkpoint_files(tmp_path, "latest")[0]
+    (folder / "latest-0123456789abcdef.msgpack").write_bytes(b"superseded")
+    (folder / ".latest.json.x.tmp").write_bytes(b"{")
+    (tmp_path / ".metrics.csv.y.tmp").write_bytes(b"")
+    runs.clean_checkpoints(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([keep.name, "latest.json"])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_run_lock_is_exclusive_and_names_its_holder(tmp_path):
+    import os
+
+    first = runs.RunLock(tmp_path).acquire()
+    assert runs.lock_holder(tmp_path) == os.getpid()
+    with pytest.raises(runs.RunBusyError, match=f"in use by process {os.getpid()}"):
+        runs.RunLock(tmp_path).acquire()
+    first.release()
+    assert runs.lock_holder(tmp_path) is None
+    runs.RunLock(tmp_path).acquire().release()
+
+
+def test_is_run_folder(tmp_path):
+    assert not runs.is_run_folder(tmp_path)  # empty: nothing of a run
+    (tmp_path / "config.yaml").write_text("run: {}")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "eval_best_det.json").write_text("{}")
+    assert runs.is_run_folder(tmp_path)
+    (tmp_path / "checkpoints" / "notes.txt").write_text("mine")
+    assert not runs.is_run_folder(tmp_path)
+    (tmp_path / "checkpoints" / "notes.txt").unlink()
+    (tmp_path / "thesis.tex").write_text("")
+    assert not runs.is_run_folder(tmp_path)

@@ -244,11 +244,11 @@ def test_ctrl_c_stops_the_running_runs(tmp_path, monkeypatch, sigint_raises):
     ({"algo": "mappo"}, "unknown sweep key 'algo'; valid keys: out, algos, envs, seeds, "
                         "settings, grid, report"),
     ({"algos": ["mappo", "nosuch"]}, "unknown algorithm 'nosuch'; valid algorithms: a2po, "),
-    ({"envs": ["mpe/nope"]}, "unknown env id 'mpe/nope'; valid env ids: "),
+    ({"envs": ["mpe/nope"]}, "unknown env id 'mpe/nope'; did you mean 'mpe/simple'?"),
     ({"seeds": 0}, "seeds=0 is out of range"),
     ({"seeds": [0, "one"]}, "must be N >= 1 or a list of integers >= 0"),
     ({"settings": {"seed": 3}}, "settings: 'seed' is set by the sweep; use seeds:"),
-    ({"settings": {"lrr": 1}}, "mappo on didactic/climbing: unknown key 'lrr'; valid keys: "),
+    ({"settings": {"lrr": 1}}, "mappo on didactic/climbing: unknown key 'lrr'; did you mean 'lr'?"),
     ({"grid": {"lr": [0.001, -1]}}, "mappo on didactic/climbing lr=-1: lr=-1.0 is out of "
                                     "range; must be > 0.0"),
     ({"grid": {"lr": 0.001}}, "grid: lr=0.001 must be a non-empty list of values"),
@@ -274,7 +274,9 @@ def test_bad_sweep_file_is_one_line_exit_2_and_writes_nothing(tmp_path, fields, 
     ("out: x\nalgos: [mappo]\nenvs: [didactic/climbing]\nseeds: 1\n", ["jobs=0"],
      "jobs=0 is out of range; must be >= 1"),
     ("out: x\nalgos: [mappo]\nenvs: [didactic/climbing]\nseeds: 1\n", ["job=2"],
-     "unknown sweep key 'job'; valid keys: address, backend, dry_run, jobs"),
+     "unknown sweep key 'job'; did you mean 'jobs'?"),
+    ("out: x\nalgos: [mappo]\nenvs: [didactic/climbing]\nseeds: 1\n", ["qqqq=2"],
+     "unknown sweep key 'qqqq'; valid keys: address, backend, dry_run, jobs"),
 ])
 def test_bad_sweep_text_and_options(tmp_path, monkeypatch, text, argv, needle):
     monkeypatch.chdir(tmp_path)
@@ -300,7 +302,7 @@ def test_run_names_are_readable_safe_and_independent_of_key_order():
 def _final_state(run_dir):
     from flax import serialization
 
-    payload = (run_dir / "checkpoints" / "latest.msgpack").read_bytes()
+    payload = runs.checkpoint_files(run_dir, "latest")[0].read_bytes()
     return serialization.msgpack_restore(payload)["train_state"]
 
 

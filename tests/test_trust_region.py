@@ -9,6 +9,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -24,11 +25,14 @@ from teamrl.policies import DiagGaussian, MaskedCategorical
 from teamrl.trust_region import (TrustRegionConfig, conjugate_gradient, gauss_newton_fvp,
                                  trust_region_step)
 
+# jax 0.10 has jax.enable_x64 and no longer jax.experimental.enable_x64; jax 0.6 only the latter.
+enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
+
 
 # ------------------------------------------------------------------ Fisher and CG
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 def test_fisher_vector_product_equals_dense_fisher(kind):
-    with jax.experimental.enable_x64():
+    with enable_x64():
         rng = np.random.default_rng(0)
         obs = jnp.asarray(rng.normal(size=(32, 3)))
         params = {"w1": jnp.asarray(rng.normal(size=(3, 4))), "b1": jnp.zeros(4),
@@ -60,7 +64,7 @@ def test_fisher_vector_product_equals_dense_fisher(kind):
 
 
 def test_conjugate_gradient_solves_a_random_spd_system():
-    with jax.experimental.enable_x64():
+    with enable_x64():
         rng = np.random.default_rng(1)
         q = rng.normal(size=(20, 20))
         a = q @ q.T + 0.5 * np.eye(20)
@@ -326,11 +330,11 @@ def test_coppo_objective_and_its_per_agent_gradient():
 # ------------------------------------------------------------------ product game
 def _product_game_rewards(sequential: bool, seeds) -> list[tuple[float, float]]:
     """(expected reward before, after) one HATRPO update from the reference start, per seed."""
-    # REFERENCE §4: unit-std Gaussian policies, so the std is pinned (log std clipped to 0)
-    # and the whole trust region goes into the means.
+    # REFERENCE §4: unit-std Gaussian policies, so the std is pinned (log std bounded to
+    # ±1e-4 around its initial 0) and the trust region goes into the means.
     trainer = trainer_for("hatrpo", "didactic/product", num_envs=64, rollout_length=64,
                           kl_threshold=0.5, sequential=str(sequential).lower(),
-                          log_std_min=0.0, log_std_max=0.0)
+                          log_std_init=0.0, log_std_min=-1e-4, log_std_max=1e-4)
     algo = trainer.algo
     update = jax.jit(algo.update)
     results = []
@@ -384,6 +388,46 @@ def test_variants_update_finitely_and_move_the_policy(algo, settings):
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new.actor_params),
                                                       jax.tree.leaves(ts.actor_params))]
     assert any(changed)
+
+
+def _critic_step_size(algo, ts, g: float = 1e-3) -> float:
+    """The critic's current learning rate, measured: with Adam's moments reset, one step on a
+    constant gradient g moves every parameter by lr·g/(g + eps) (bias-corrected m̂ = g,
+    v̂ = g²), which leaves only the schedule's position in the optimiser state."""
+    reset = lambda s: (s._replace(count=jnp.zeros_like(s.count),
+                                  mu=jax.tree.map(jnp.zeros_like, s.mu),
+                                  nu=jax.tree.map(jnp.zeros_like, s.nu))
+                       if isinstance(s, optax.ScaleByAdamState) else s)
+    state = jax.tree.map(reset, ts.critic_opt,
+                         is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, g), ts.critic_params)
+    updates, _ = algo.critic_tx.tx.update(grads, state, ts.critic_params)
+    step = -float(jax.tree.leaves(updates)[0].ravel()[0])
+    return step * (g + algo.cfg.adam_eps) / g
+
+
+@pytest.mark.parametrize("refit", ["true", "false"])
+def test_a2po_critic_lr_decays_over_the_whole_run_with_and_without_refit(refit):
+    """lr_decay is linear over the run: after half the updates the critic's lr is half the
+    initial one, whether the critic makes one pass per update or N (the refit, one per
+    agent; its schedule used to count N passes against a one-pass horizon and hit 0 after
+    1/N of the run)."""
+    updates, samples = 4, 4 * 8
+    trainer = trainer_for("a2po", "mpe/simple_spread", num_envs=4, rollout_length=8,
+                          epochs=2, minibatches=2, lr_decay="true", critic_refit=refit,
+                          total_steps=updates * samples)
+    algo = trainer.algo
+    assert algo.critic_passes() == (algo.spec.n_agents if refit == "true" else 1)
+    ts, batch = rollout_batch(trainer)
+    lr = algo.cfg.critic_lr
+    assert _critic_step_size(algo, ts) == pytest.approx(lr, rel=1e-4)
+    update = jax.jit(algo.update)
+    for k in range(updates // 2):
+        ts, _ = update(ts, batch, jax.random.PRNGKey(k))
+    assert _critic_step_size(algo, ts) == pytest.approx(lr / 2, rel=1e-4)
+    for k in range(updates // 2, updates - 1):
+        ts, _ = update(ts, batch, jax.random.PRNGKey(k))
+    assert _critic_step_size(algo, ts) == pytest.approx(lr / updates, rel=1e-4)
 
 
 def test_a2po_critic_refit_fits_the_updated_agent_samples_only():

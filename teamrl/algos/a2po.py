@@ -60,6 +60,17 @@ class A2PO(OnPolicyActorCritic):
     config_class = A2POConfig
     central_critic = True
 
+    @property
+    def refits(self) -> bool:
+        """Two-stage A2PO in effect: the critic is refitted before each agent's actor pass
+        (and not updated after them)."""
+        cfg = self.cfg
+        return cfg.critic_refit and cfg.correction and not cfg.share_actor
+
+    def critic_passes(self) -> int:
+        # The refit runs the critic's epochs once per agent, N passes per update.
+        return self.spec.n_agents if self.refits else 1
+
     def surrogate(self, ratio, factor, adv, position):
         cfg = self.cfg
         # A shared actor is updated once for all agents: no position, the plain clip.
@@ -126,7 +137,7 @@ class A2PO(OnPolicyActorCritic):
             if cfg.correction and not cfg.share_actor:
                 value, next_value = d["value_raw"], d["next_value_raw"]
                 adv_k, returns_k = corrected_advantage(value, next_value, factor, d["alive"])
-                if cfg.critic_refit:
+                if self.refits:
                     ts, value, next_value = self.refit_critic(
                         ts, critic_data, returns_k, order[position], key, flat_arr, unflat,
                         next_value, batch)
@@ -140,7 +151,7 @@ class A2PO(OnPolicyActorCritic):
             agent_step, extra=ts)
         ts = ts.replace(actor_params=params, actor_opt=opt)
         metrics = jax.tree.map(jnp.mean, metrics)
-        if not (cfg.critic_refit and cfg.correction and not cfg.share_actor):
+        if not self.refits:
             ts, critic_metrics = critic_update(self, ts, critic_data, critic_key)
             metrics = {**metrics, **critic_metrics}
         return ts, metrics

@@ -211,7 +211,14 @@ class OnPolicyActorCritic:
         self.actor_tx = (AgentOptimizer(make_tx(cfg.lr, cfg, steps), stacked=not cfg.share_actor)
                          if hasattr(cfg, "lr") else None)
         critic_stacked = not (self.central_critic or cfg.share_actor)
-        self.critic_tx = AgentOptimizer(make_tx(cfg.critic_lr, cfg, steps), stacked=critic_stacked)
+        # optax schedules count optimiser steps: a critic making several passes per update
+        # (A2PO's refit) needs a horizon that many times longer to decay over the whole run.
+        self.critic_tx = AgentOptimizer(make_tx(cfg.critic_lr, cfg, steps * self.critic_passes()),
+                                        stacked=critic_stacked)
+
+    def critic_passes(self) -> int:
+        """Critic passes (of ``epochs`` × ``minibatches`` steps each) per update."""
+        return 1
 
     @classmethod
     def check(cls, spec: TeamSpec, cfg, run) -> None:
@@ -348,7 +355,7 @@ def prepare_batch(algo: OnPolicyActorCritic, ts: TrainState, batch: Batch):
             "value": batch.value, "adv": adv, "target": target}
     if algo.recurrent:
         return ts, recurrent_data(algo, batch, data)
-    steps, envs = batch.reward.shape
+    steps, envs = batch.reward.shape[:2]
     return ts, flatten_time(data, steps * envs)
 
 

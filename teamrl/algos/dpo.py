@@ -72,6 +72,10 @@ class DPOConfig(ActorCriticConfig):
     def check(self):
         if self.beta_min > self.beta_max:
             raise ConfigError(f"beta_min={self.beta_min!r} must be <= beta_max={self.beta_max!r}")
+        for name in ("beta_kl_init", "beta_sqrt_init"):  # adapted within the bounds only
+            if not self.beta_min <= getattr(self, name) <= self.beta_max:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must lie in [beta_min, "
+                                  f"beta_max] = [{self.beta_min!r}, {self.beta_max!r}]")
 
 
 def sqrt_kl(kl: jax.Array) -> jax.Array:

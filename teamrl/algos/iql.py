@@ -87,6 +87,9 @@ class IQLConfig:
         if self.batch_size > self.buffer_size:
             raise ConfigError(f"batch_size={self.batch_size} must be <= buffer_size="
                               f"{self.buffer_size}")
+        if self.eps_end > self.eps_start:  # a schedule that explores more later: swapped
+            raise ConfigError(f"eps_end={self.eps_end!r} must be <= eps_start="
+                              f"{self.eps_start!r}")
 
 
 @flax.struct.dataclass

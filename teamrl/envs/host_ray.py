@@ -9,10 +9,13 @@ terminations, truncations), all actors stepping in parallel; the rows land in th
 ``buffers``, where the rollout code reads them as it reads the shared-memory buffers of local
 workers. Environment e is seeded exactly as with local workers, so a run gives the same
 results with either backend (tested). What an actor raises, or an actor (or its node) dying,
-stops the run with a HostEnvError naming the actor and its envs.
+stops the run with a HostEnvError naming the actor and its envs; so does an actor that does not
+answer within ``step_timeout`` seconds (a hung env), which is then killed.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -64,7 +67,7 @@ class RayVectorEnv(VectorEnvBase):
     ``step``, ``observation``, ``close``, context manager."""
 
     def __init__(self, recipe: EnvRecipe, layout: TeamLayout, num_envs: int, workers: int,
-                 address: str = ""):
+                 address: str = "", step_timeout: float = 60.0):
         from teamrl.ray_cluster import connect
 
         self.ray = ray = connect(address)
@@ -73,26 +76,37 @@ class RayVectorEnv(VectorEnvBase):
         self.layout, self.num_envs = layout, num_envs
         self.workers = min(workers, num_envs)
         self.buffers = TeamBuffers(layout, num_envs)
+        self.step_timeout = float(step_timeout)
         self.closed = False
+        self._hung = set()  # actors that did not answer: close() kills them without asking
         self.slices = [s for s in np.array_split(np.arange(num_envs), self.workers)]
         actor = ray.remote(num_cpus=1, max_restarts=0)(EnvSlice)
         self.actors = [actor.remote(recipe, layout, num_envs, [int(i) for i in s])
                        for s in self.slices]
         # An env that cannot be built fails here, naming its actor, not at the first step.
-        self._gather([a.ready.remote() for a in self.actors])
+        self._gather([a.ready.remote() for a in self.actors],
+                     max(10 * self.step_timeout, 300.0))
 
     @property
     def pids(self) -> list[int]:
         return []  # actors live in Ray's worker processes, possibly on other machines
 
-    def _gather(self, refs: list) -> list:
-        """Results of one call per actor; a HostEnvError naming every failed actor."""
+    def _gather(self, refs: list, timeout: float | None = None) -> list:
+        """Results of one call per actor, all within ``timeout`` s (default step_timeout); a
+        HostEnvError naming every failed or hung actor."""
+        timeout = self.step_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         results, errors = [], []
         for w, ref in enumerate(refs):
+            envs = self.slices[w]
             try:
-                results.append(self.ray.get(ref))
+                results.append(self.ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
+            except self.ray.exceptions.GetTimeoutError:
+                self._hung.add(w)
+                errors.append(f"env actor {w} (envs {envs[0]}...{envs[-1]}) did not answer "
+                              f"within {timeout:g} s (step_timeout={self.step_timeout:g}): "
+                              "the env is hung or too slow; killed it")
             except self.ray.exceptions.RayError as err:
-                envs = self.slices[w]
                 errors.append(f"env actor {w} (envs {envs[0]}...{envs[-1]}) failed: "
                               f"{str(err).strip()}")
         if errors:
@@ -126,9 +140,10 @@ class RayVectorEnv(VectorEnvBase):
         if self.closed:
             return
         self.closed = True
-        for actor in self.actors:
+        for w, actor in enumerate(self.actors):
             try:
-                self.ray.get(actor.close.remote(), timeout=10)
+                if w not in self._hung:
+                    self.ray.get(actor.close.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
                 pass
             self.ray.kill(actor)

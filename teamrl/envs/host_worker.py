@@ -55,7 +55,8 @@ class TeamLayout:
     agent_id: bool
     max_steps: int           # adapter time limit (truncation); 0 = only the env's own
     team_reward: str         # "mean" or "sum"
-    state_source: str        # "env" (env.state()) or "concat" (concatenated observations)
+    state_source: str        # "env" (env.state()) or "concat" (concatenated observations,
+                             # zeros for removed agents: for envs whose state() is unusable)
     obs_key: str | None      # Dict observations: the key holding the observation vector
     mask_key: str | None     # Dict observations: the key holding the action mask
     # Per-episode metrics the env reports at each episode's end (its ``episode_metric_names``
@@ -159,7 +160,13 @@ class TeamAdapter:
         if lay.agent_id:
             obs[:, self.id_columns] = self.eye
         if lay.state_source == "env":
-            row["state"][:] = np.asarray(self.env.state()).reshape(-1)
+            try:
+                state = self.env.state()
+            except Exception as err:  # noqa: BLE001 - the probe at start missed this case
+                raise RuntimeError(f"env.state() failed ({type(err).__name__}: {err}); set the "
+                                   "env option state=concat to build the global state from "
+                                   "the agents' observations") from err
+            row["state"][:] = np.asarray(state).reshape(-1)
         else:
             row["state"][:] = np.concatenate([obs[i, :d] for i, d in enumerate(lay.obs_dims)])
         row["alive"][:] = alive
@@ -211,6 +218,9 @@ class TeamAdapter:
         for i, a in enumerate(self.alive):
             if not a:  # left this step: zero observation from now on (agent id kept)
                 now["obs"][i, :lay.obs_dims[i]] = 0.0
+        if lay.state_source == "concat" and not all(self.alive):  # ... and in the state
+            now["state"][:] = np.concatenate([now["obs"][i, :d]
+                                              for i, d in enumerate(lay.obs_dims)])
 
     def render(self):
         return self.env.render()
@@ -220,6 +230,26 @@ class TeamAdapter:
 
 
 # ============================================================================ worker process
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the learner dies (even by SIGKILL),
+    so a worker hung inside its env never outlives the run. Elsewhere a worker still exits
+    when its pipe closes, once its env returns."""
+    import ctypes
+    import multiprocessing
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the learner died before prctl took effect
+
+
 def worker_main(worker_index: int, recipe: EnvRecipe, layout: TeamLayout, raw, num_envs: int,
                 env_indices: list, conn) -> None:
     """Entry point of one worker process: build its envs, then serve commands until "close".
@@ -229,6 +259,7 @@ def worker_main(worker_index: int, recipe: EnvRecipe, layout: TeamLayout, raw, n
     """
     # Ctrl-C reaches the whole process group; the learner decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     adapters = []
     try:
         buffers = TeamBuffers(layout, num_envs, raw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from teamrl.config import ConfigError, option
+from teamrl.config import ConfigError, option, suggest
 from teamrl.envs.jax_env import JaxTeamEnv
 
 
@@ -93,11 +93,16 @@ class HostOptions:
                                  "\"teamrl[ray]\")", choices=["processes", "ray"])
     ray_address: str = option("", "worker_backend=ray: HOST:PORT of the Ray cluster's head "
                               "(empty: a local Ray instance)")
+    step_timeout: float = option(60.0, "seconds an env worker may take for one step (or "
+                                 "reset) of its envs before training stops as hung, keeping "
+                                 "the latest checkpoint (starting the workers may take 10x, "
+                                 "at least 300 s)",
+                                 low=0.0, low_open=True)
 
     def host_settings(self) -> dict:
         """What the host adapter takes of these options."""
         return {"host": True, "workers": self.workers, "worker_backend": self.worker_backend,
-                "ray_address": self.ray_address}
+                "ray_address": self.ray_address, "step_timeout": self.step_timeout}
 
 
 @dataclass
@@ -119,6 +124,11 @@ class PettingZooOptions(HostOptions):
                               "e.g. {N: 3, continuous_actions: false}")
     max_steps: int = option(0, "episode limit of the adapter (truncation) on top of the "
                             "env's own (0: the env's own only)", low=0)
+    state: str = option("auto", "global state of the critics: env (env.state()), concat (the "
+                        "agents' observations, zeros for removed ones) or auto (env when "
+                        "env.state() works through a probe episode of random steps: "
+                        "multiwalker's fails once walkers are removed)",
+                        choices=["auto", "env", "concat"])
 
 
 @dataclass
@@ -302,13 +312,17 @@ def _pettingzoo_builder(module: str):
             raise EnvIdError(f"pettingzoo/{module}: cannot import module {module!r} "
                              f"({type(err).__name__}: {err}); install the package that "
                              "provides it") from None
+        except (Exception, SystemExit) as err:  # a module's own code failed while importing
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise EnvIdError(f"pettingzoo/{module}: importing module {module!r} failed "
+                             f"({type(err).__name__}: {first})") from None
         if not callable(getattr(imported, "parallel_env", None)):
             raise EnvIdError(f"pettingzoo/{module}: module {module!r} has no parallel_env(); "
                              "valid: a module exposing a PettingZoo parallel_env factory")
         recipe = EnvRecipe("teamrl.envs.registry", "build_pettingzoo",
                            {"module": module, "kwargs": dict(opts.env_kwargs)})
         return recipe, {**opts.host_settings(), "max_steps": opts.max_steps,
-                        "episode_limit": opts.max_steps or 10_000}
+                        "episode_limit": opts.max_steps or 10_000, "state": opts.state}
 
     return build
 
@@ -392,8 +406,15 @@ def get_entry(env_id: str) -> EnvEntry:
         return EnvEntry(env_id, f"Gymnasium {module}, one agent (host)", GymnasiumOptions,
                         _gymnasium_builder(module), host=True)
     if env_id not in REGISTRY:
-        raise EnvIdError(f"unknown env id {env_id!r}; valid env ids: {', '.join(list_env_ids())}"
-                         ", pettingzoo/<module>, gymnasium/<id>")
+        # A close id, else the ids of the family named, else the families: not all 80 ids.
+        same_family = [e for e in list_env_ids() if e.startswith(family + "/")]
+        hint = suggest(env_id, list_env_ids(), "valid env ids")
+        if "did you mean" not in hint:
+            families = sorted({e.split("/")[0] for e in REGISTRY})
+            hint = (suggest(env_id, same_family, f"valid {family} ids") if same_family else
+                    f"; valid families: {', '.join(families)}, pettingzoo/<module>, "
+                    f"gymnasium/<id> (`teamrl list` shows all {len(REGISTRY)} ids)")
+        raise EnvIdError(f"unknown env id {env_id!r}{hint}")
     return REGISTRY[env_id]
 
 
