@@ -11,11 +11,12 @@ from teamrl.algos.i2q import I2Q
 from teamrl.algos.iql import IQL
 from teamrl.algos.ippo import IPPO
 from teamrl.algos.ma2ql import MA2QL
+from teamrl.algos.mdpo import MDPO
 from teamrl.algos.mappo import MAPPO
 from teamrl.algos.single import PPO, TNPG, TRPO
 
 ALGORITHMS = {"ippo": IPPO, "mappo": MAPPO, "coppo": CoPPO, "happo": HAPPO, "hatrpo": HATRPO,
-              "a2po": A2PO, "dpo": DPO, "ppo": PPO, "trpo": TRPO, "tnpg": TNPG,
+              "a2po": A2PO, "dpo": DPO, "mdpo": MDPO, "ppo": PPO, "trpo": TRPO, "tnpg": TNPG,
               "iql": IQL, "ma2ql": MA2QL, "i2q": I2Q}
 
 DESCRIPTIONS = {
@@ -26,6 +27,7 @@ DESCRIPTIONS = {
     "hatrpo": "heterogeneous-agent TRPO: sequential trust-region steps",
     "a2po": "agent-by-agent PO: semi-greedy order, off-policy corrected advantages",
     "dpo": "decentralised policy optimisation: KL-penalised, adaptive coefficients, local critics",
+    "mdpo": "model-based DPO: per-agent models with forecast latents, IPPO/DPO on imagined data",
     "ppo": "PPO for one-agent environments (HAPPO with n = 1)",
     "trpo": "TRPO for one-agent environments (HATRPO with n = 1)",
     "tnpg": "truncated natural policy gradient, one agent (fixed KL-sized step)",
