@@ -233,9 +233,9 @@ def notes(args, results) -> list[str]:
         if env == "mpe/simple_spread" and all(a in done for a in ("mappo", "ippo")):
             text += (f"For reference, MAPPO's {np.mean(done['mappo']['final_train']):.2f} and "
                      f"IPPO's {np.mean(done['ippo']['final_train']):.2f} compare with the "
-                     "README's calibration sweep (-15.7 and -15.6 at 1M steps, 3 seeds, run "
-                     "with older code and different random streams) and its single-seed "
-                     "MAPPO quick start (-17.5 with the current code). ")
+                     "calibration sweep in docs/testing.md (-15.7 and -15.6 at 1M steps, 3 "
+                     "seeds, run with older code and different random streams) and the "
+                     "README's single-seed MAPPO quick start (-17.5 with the current code). ")
         out += _wrap(text)
     env = "mpe/simple_speaker_listener"
     if env in args.envs and "ippo" in args.algos and (env, "ippo") in results \

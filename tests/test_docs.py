@@ -262,3 +262,29 @@ def test_license_and_citation_match_the_package():
     assert citation["cff-version"] == "1.2.0"
     assert citation["version"] == project["version"]
     assert citation["license"] == project["license"]["text"]
+
+
+def test_readme_is_short_starts_with_the_two_commands_and_names_existing_paths():
+    """README.md is the front page: at most 160 lines, the title and then the two set-up
+    commands (install and train; install the test extras and run the tests, as CI does), and
+    every relative link and every backticked repository path (`docs/...`, `experiments/...`,
+    ...) it names exists."""
+    root = DOCS.parent
+    text = (root / "README.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines (at most 160)"
+    assert lines[0].startswith("# ")
+    first = next(FENCE.finditer(text))
+    assert text[:first.start()].strip() == lines[0], "README.md must open with the commands"
+    assert first["lang"] == "bash"
+    assert first["body"].splitlines() == [
+        "pip install -e . && teamrl train mappo mpe/simple_spread",
+        'pip install -e ".[test]" && python -m pytest -q -n 2 --dist worksteal',
+    ]
+    named = set(re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text))
+    named = {t for t in named if "://" not in t and not t.startswith("mailto:")}
+    paths = re.findall(r"`((?:docs|experiments|benchmarks|tests|teamrl|\.ci)/[^`\s]*)`", text)
+    named |= {p for p in paths if not re.search(r"[<>*\[\]{}|]", p)}
+    assert named, "README.md names no paths"
+    missing = sorted(t for t in named if not (root / t).exists())
+    assert not missing, f"README.md names paths that do not exist: {', '.join(missing)}"

@@ -10,7 +10,8 @@ Thresholds and their reasons:
   We assert what the algorithm provably reaches: a coordinated pure equilibrium >= 7
   (tests/test_didactic.py::test_climbing_policy_gradient_from_uniform_reaches_7_not_11 runs
   the exact expected dynamics: 64 near-uniform starts all end at 7).
-- mpe/simple_spread: calibrated against our own 1M-step runs (see README, "MPE thresholds").
+- mpe/simple_spread: calibrated against our own 1M-step runs (see docs/testing.md, "MPE
+  thresholds").
 - smax/3m: recurrent MAPPO (the smax/mappo preset, JaxMARL's MAPPO-RNN, with the 64 envs of
   JaxMARL's final SMAX sweep) at 1.2M env steps on 16-step chunks; calibration, 3 seeds:
   deterministic win rates 0.867, 0.836, 0.859 over 128 evaluation episodes (training episodes
@@ -71,8 +72,8 @@ def test_mappo_separate_actors_reach_a_coordinated_equilibrium_on_climbing(tmp_p
 
 # Mean team reward (mean over the 3 agents) summed over 25-step episodes; x3 for the HARL /
 # JaxMARL "sum over agents" convention. Uniform-random start: about -25 (-75 summed).
-# Calibration (README, "MPE thresholds"): at 300k steps seeds 0 and 1 reached -20.8 and -19.6
-# (MAPPO), -20.5 and -20.3 (IPPO).
+# Calibration (docs/testing.md, "MPE thresholds"): at 300k steps seeds 0 and 1 reached -20.8
+# and -19.6 (MAPPO), -20.5 and -20.3 (IPPO).
 SPREAD_THRESHOLD = -22.0
 
 
@@ -90,7 +91,7 @@ def test_simple_spread_beats_calibrated_threshold(tmp_path, algo):
 def test_recurrent_mappo_wins_smax_3m(tmp_path):
     """Issue threshold: MAPPO with GRU policies and critic reaches >= 80 % deterministic
     evaluation win rate on smax/3m against the heuristic enemy (budget calibrated: 1.2M steps
-    with 16-step training chunks; README, "SMAX threshold")."""
+    with 16-step training chunks; docs/testing.md, "SMAX threshold")."""
     out = tmp_path / "mappo_smax_3m"
     assert main(["train", "mappo", "smax/3m", f"out={out}", "progress=none", "num_envs=64",
                  "total_steps=1200000", "chunk_length=16", "eval_every=0"]) == 0
