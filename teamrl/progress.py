@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import sys
 
 
@@ -95,4 +96,13 @@ class ProgressReporter:
     def _print(self, line: str) -> None:
         # Looked up per call (not cached) so redirected/captured stdout works.
         out = getattr(self.console, "file", None) if self.console is not None else None
-        print(line, file=out if out is not None else sys.stdout, flush=True)
+        try:
+            print(line, file=out if out is not None else sys.stdout, flush=True)
+        except BrokenPipeError:
+            # The reader went away (`teamrl train ... | head -3`): training goes on, silently;
+            # stdout points at /dev/null so later prints and the final flush cannot fail.
+            self.enabled = False
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass

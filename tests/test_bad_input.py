@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 
+from teamrl import runs
 from teamrl.cli import main
 
 # 2 updates of 128 steps of the smallest program (as tests/test_sweep.py)
@@ -220,6 +221,17 @@ def test_head_of_list():
     proc = subprocess.run(f"{shlex.join(_teamrl('list'))} | head -1", shell=True,
                           capture_output=True, text=True)
     assert proc.stdout == "algorithms:\n" and proc.stderr == "", proc.stderr
+
+
+def test_training_goes_on_when_its_reader_goes_away(tmp_path):
+    """`teamrl train ... | head -1`: the progress lines stop, the run finishes its folder."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        f"{shlex.join(_teamrl('train', 'ippo', 'didactic/climbing', f'out={out}', 'seed=0', 'progress=lines', 'total_steps=4096', 'num_envs=16', 'rollout_length=32', 'log_every=1', 'eval_every=0'))} | head -1",
+        shell=True, capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert [int(r["updates"]) for r in runs.read_metrics(out)] == list(range(1, 9))
+    assert (out / "curve.png").is_file()
 
 
 @pytest.mark.parametrize("body,needle", [
