@@ -12,6 +12,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "teamrl-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# jaxlib 0.7-0.9 log an XLA warning and two errors on stderr each time they load a cached
+# executable ("Target machine feature +prefer-no-gather is not supported on the host"): a
+# feature-detection quirk, not a fault, but it breaks the tests that hold commands to one line
+# of stderr. Level 3 keeps XLA's C++ logging to fatal messages (docs/installation.md).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def pytest_collection_modifyitems(config, items):
