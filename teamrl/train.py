@@ -425,43 +425,6 @@ class HostTrainer(Trainer):
         return final.reshape(S, episodes), won
 
     def evaluate(self, runner: Runner, episodes: int) -> dict:
-        """The in-training evaluation; a failed, dead or hung eval env stops training as one in
-        the training envs does (TrainingStopped, the latest checkpoint kept)."""
-        import numpy as np
-
-        from teamrl.envs.host_env import HostEnvError
-
-        try:
-            return self._evaluate_host(runner, episodes)
-        except HostEnvError as err:
-            raise TrainingStopped(f"{err}\ntraining stopped at update "
-                                  f"{int(np.max(np.asarray(runner.updates)))}, "
-                                  f"in its evaluation. {self._last_checkpoint()}") from None
-
-    def _last_checkpoint(self) -> str:
-        """Where the run can resume from, as the training loop says it (the evaluation runs
-        outside the loop's guarded step, so the message is rebuilt from the run folder)."""
-        import json
-        import pathlib
-
-        from teamrl import runs
-
-        run_dir = pathlib.Path(self.config.run.out)
-        for name in ("latest", "best"):
-            if runs.checkpoint_exists(run_dir, name):
-                sidecar = runs.checkpoint_files(run_dir, name)[1]
-                try:
-                    meta = json.loads(sidecar.read_text(encoding="utf-8"))["meta"]
-                    update = f" (update {int(meta['updates'])})"
-                except (OSError, ValueError, KeyError, TypeError):
-                    update = ""
-                return (f"The last good checkpoint is '{name}' in {run_dir / runs.CHECKPOINT_DIR}"
-                        f"{update}; `teamrl resume {run_dir}` continues from it")
-        return ("No checkpoint was written before it stopped, so there is nothing to resume; "
-                f"`teamrl train --config {run_dir / 'config.yaml'} overwrite=true` starts it "
-                "again")
-
-    def _evaluate_host(self, runner: Runner, episodes: int) -> dict:
         import numpy as np
 
         keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(runner.key)
@@ -809,9 +772,13 @@ def _train_loop(config: Config, trainer: Trainer, resume_dir, log, lock=None) ->
             row_index = updates_done // chunk
             if run.eval_every:
                 due = row_index % run.eval_every == 0 or updates_done >= target_updates
-                evaluation = (jax.tree.map(np.asarray, trainer.evaluate(runner,
-                                                                        run.eval_episodes))
-                              if due else None)
+                try:
+                    evaluation = (jax.tree.map(np.asarray, trainer.evaluate(runner,
+                                                                            run.eval_episodes))
+                                  if due else None)
+                except HostEnvError as err:  # a failed, dead or hung eval env: as in training
+                    raise TrainingStopped(f"{err}\ntraining stopped at update {updates_done}, "
+                                          f"in its evaluation. {where_saved()}") from None
                 names = trainer.eval_names()
                 for s, row in enumerate(rows):
                     for name in names:
