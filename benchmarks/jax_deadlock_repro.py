@@ -88,7 +88,7 @@ def child(mode: str, calls: int, hang_after: float) -> None:
             shutil.rmtree(out, ignore_errors=True)
         assert code == 0, code
         return
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import apply_overrides
     from teamrl.train import make_trainer
 

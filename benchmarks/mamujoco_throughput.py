@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from teamrl.cli_config import base_config
+from teamrl.train.presets import base_config
 from teamrl.config import apply_overrides
 from teamrl.config import parse_key_values
 from teamrl.train import HostTrainer

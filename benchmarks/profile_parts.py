@@ -22,9 +22,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from teamrl.cli_config import base_config
+from teamrl.train.presets import base_config
 from teamrl.config import apply_overrides
-from teamrl.train import Trainer
+from teamrl.train import CompiledTrainer
 
 try:
     from throughput import benchmark_settings
@@ -86,7 +86,7 @@ def profile(algo: str, env_id: str, seeds: int, updates: int, overrides: dict,
     config = base_config(algo, env_id)
     settings = benchmark_settings(algo, env_id, config)
     apply_overrides(config, {**settings, "seeds": seeds, **overrides})
-    trainer = Trainer(config)
+    trainer = CompiledTrainer(config)
     runner = trainer.init()
     length = config.run.rollout_length
 

@@ -30,7 +30,7 @@ import time
 def device_rate(algo: str, env_id: str, devices: int, envs_per_device: int,
                 rollout_length: int, steps: int) -> dict:
     """Env-steps/s of training on ``devices`` devices (this process's JAX must see them)."""
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import apply_overrides
     from teamrl.train import make_trainer
 

@@ -27,9 +27,9 @@ import time
 import jax
 import numpy as np
 
-from teamrl.cli_config import base_config
+from teamrl.train.presets import base_config
 from teamrl.config import apply_overrides
-from teamrl.train import Trainer, total_updates
+from teamrl.train import CompiledTrainer, total_updates
 
 JAXMARL_IPPO_SETTINGS = {
     "num_envs": 16, "rollout_length": 128, "epochs": 4, "minibatches": 4,
@@ -79,7 +79,7 @@ def measure(spec: str, env_id: str, steps: int, seeds: int) -> dict:
     config = base_config(algo, env_id)
     settings = benchmark_settings(algo, env_id, config)
     apply_overrides(config, {**settings, **extra, "total_steps": steps, "seeds": seeds})
-    trainer = Trainer(config)
+    trainer = CompiledTrainer(config)
     runner = trainer.init()
     updates = total_updates(config.run)
     start = time.perf_counter()

@@ -16,10 +16,10 @@ The claims (REFERENCE.md §2-4):
 For each study and algorithm, --seeds seeds train vectorised in one run (``seeds=S``) with the
 shipped preset unchanged (`didactic` presets on the random game, `mpe` presets on MPE; no
 per-algorithm tuning), then the final (``latest``) checkpoint is evaluated deterministically.
-The run folder, its reuse and --report-only are those of experiments/mpe_comparison.py: a
-folder that already finished with the same settings is not trained again; ``--report-only``
-trains nothing and rebuilds the page from the saved runs (with the arguments and --note of the
-invocation that saved them).
+The run folder, its reuse and --report-only are those of every grid (experiments/
+experiment_runs.py): a folder that already finished with the same settings is not trained
+again; ``--report-only`` trains nothing and rebuilds the page from the saved runs (with the
+arguments and --note of the invocation that saved them).
 
 Writes docs/results/decentralised_deep.md (with its docs/RESULTS.md rows, see
 experiments/make_results.py) and docs/results/decentralised_deep.png; runs go under --runs
@@ -30,24 +30,19 @@ experiments/make_results.py) and docs/results/decentralised_deep.png; runs go un
 
 from __future__ import annotations
 
-import argparse
-import io
 import itertools
-import json
-import platform
-import sys
 import time
-import traceback
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, train_or_skip
-from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
-from mpe_comparison import _load, _minus, _pm, evaluate, read_curves
+from experiment_runs import (ROOT, Run, budget_settings, by_name, command_block, curve_line,
+                             curve_record, echoed_output, experiment_parser, import_teamrl,
+                             load_cell, mean_sd, new_figure, output_block, page_folder, paragraph,
+                             parse_flags, run_folder, run_grid, save_figure, save_results,
+                             seed_bands, table_rows, with_minus)
+from make_results import results_row
 
-ROOT = Path(__file__).resolve().parents[1]
 RANDOM_GAME = "didactic/dpo-random-game"
 SPREAD = "mpe/simple_spread"
 # study -> (env, algorithms, the arguments holding its seeds and steps, its title)
@@ -72,7 +67,6 @@ MDPO_TEXT = (
     " available; no code of the authors exists to check it against. Its claims (a "
     "steadier state visitation and a smaller model error with prediction than without, "
     "returns above IPPO) have not been measured on this page yet.")
-CODE_AT_IMPORT = "unknown"  # set in main() just before teamrl is imported
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -117,13 +111,6 @@ def verdict(results, study, first: str, second: str, scale=lambda v: np.asarray(
     return {"answer": answer, "how": how, "diff": diff, "p": p}
 
 
-def _wrap(text: str) -> list[str]:
-    """A paragraph in lines of 92 (not broken at hyphens: "one-\nhot" renders as "one- hot")."""
-    import textwrap
-
-    return textwrap.wrap(text, 92, break_on_hyphens=False) + [""]
-
-
 def rising(results, study, threshold: float, scale=np.asarray) -> list[str]:
     """Algorithms whose mean curve gained more than ``threshold`` over the last 9 log points."""
     out = []
@@ -155,27 +142,19 @@ def done(results, study):
 
 # ------------------------------------------------------------------------------ figure
 def figure(path: Path, studies, results, ref):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training return per study (one panel each; the random game's normalised), mean and
+    min–max band over seeds."""
     from matplotlib.ticker import FuncFormatter
 
     steps_fmt = FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else
                               f"{v / 1e3:g}k" if v else "0")
 
-    fig, axes = plt.subplots(1, len(studies), figsize=(5.6 * len(studies), 4.4), squeeze=False)
+    fig, axes = new_figure(1, len(studies), figsize=(5.6 * len(studies), 4.4))
     for ax, study in zip(axes[0], studies):
         env, algos, *_, title = STUDIES[study]
-        scale = (lambda v: normalise(v, ref)) if study == "random" else np.asarray
-        for algo in algos:
-            r = results.get((study, algo))
-            if r is None or "curve" not in r:
-                continue
-            x, y = r["curve"][0], scale(r["curve"][1])
-            ax.plot(x, y.mean(0), color=COLORS[algo], lw=1.6,
-                    label=f"{NAMES[algo]} ({np.mean(scale(r['final_train'])):.2f})")
-            ax.fill_between(x, y.min(0), y.max(0), color=COLORS[algo], alpha=0.18, lw=0)
+        scale = (lambda v: normalise(v, ref)) if study == "random" else None
+        seed_bands(ax, {a: results.get((study, a)) for a in algos}, COLORS, NAMES, digits=2,
+                   scale=scale)
         if study == "random":
             ax.axhline(1.0, color="k", lw=0.8)
             ax.axhline(0.0, color="grey", ls="--", lw=0.8)
@@ -183,20 +162,14 @@ def figure(path: Path, studies, results, ref):
         else:
             ax.set_ylabel("training return (mean over agents, 25 steps)")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("env steps per seed")
         ax.xaxis.set_major_formatter(steps_fmt)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right", title="final mean", title_fontsize=8)
-    fig.suptitle("Decentralised learners at the shipped presets: mean over seeds, band = "
-                 "min–max over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, "Decentralised learners at the shipped presets: mean over seeds, "
+                "band = min–max over seeds")
 
 
 # ------------------------------------------------------------------------------ main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__, runs=ROOT / "runs" / "decentralised_deep")
     parser.add_argument("--studies", nargs="+", default=list(STUDIES), choices=list(STUDIES))
     parser.add_argument("--random-steps", type=int, default=200_000,
                         help="env steps per seed on the random game (every algorithm)")
@@ -208,85 +181,40 @@ def main(argv=None):
     parser.add_argument("--mpe-seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=64,
                         help="deterministic evaluation episodes per seed")
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "decentralised_deep"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--note", default="",
-                        help="a paragraph added to the page (e.g. how the runs were made)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rebuild the page from the saved runs")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
+    args, argv = parse_flags(parser, argv)
     args.studies = [s for s in STUDIES if s in args.studies]  # page order
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    Path(args.runs).mkdir(parents=True, exist_ok=True)
-
-    # Import before redirecting stdout (importing jaxmarl resets sys.stdout); the code version
-    # is taken when teamrl is imported.
-    global CODE_AT_IMPORT
-    CODE_AT_IMPORT = code_version()
-    import teamrl.envs  # noqa: F401
-    import teamrl.evaluate  # noqa: F401
-    import teamrl.train  # noqa: F401
-    from teamrl.cli_config import config_from_run_dir
+    out = page_folder(args)
+    code = import_teamrl()
+    from teamrl.train.presets import config_from_run_dir
 
     ref = oracle()
-    log = io.StringIO()
 
-    class Tee(io.TextIOBase):
-        def write(self, text):
-            sys.__stdout__.write(text)
-            sys.__stdout__.flush()
-            return log.write(text)
+    def read(run: Run, info: dict) -> dict:
+        seeds = int(run.settings["seeds"])
+        cfg = config_from_run_dir(run.run_dir, {})
+        r = curve_record(run.run_dir, info, args.episodes, seeds=seeds,
+                         steps_per_update=cfg.run.num_envs * cfg.run.rollout_length)
+        normalised = (f" = normalised {mean_sd(normalise(r['final_train'], ref), 3)}"
+                      if run.key[0] == "random" else "")
+        print(curve_line(run.label, r, seeds, normalised))
+        return r
 
+    grid = []
+    for study in args.studies:
+        env, algos = STUDIES[study][:2]
+        seeds, steps = _study_args(args, study)
+        grid += [Run((study, algo), f"{env} {NAMES[algo]:6s}", algo, env,
+                     budget_settings(steps, seeds),
+                     run_folder(args.runs, env.split("/")[1], algo, steps, seeds))
+                 for algo in algos]
     start = time.time()
-    results = {}
-    with redirect_stdout(Tee()):
+    with echoed_output() as log:
         print(f"random game oracle: optimum {ref['optimum']:.3f}, uniform random "
               f"{ref['random']:.3f}")
-        for study in args.studies:
-            env, algos, seeds_arg, steps_arg, _ = STUDIES[study]
-            seeds, steps = getattr(args, seeds_arg), getattr(args, steps_arg)
-            for algo in algos:
-                settings = {"seeds": str(seeds), "total_steps": str(steps)}
-                run_dir = Path(args.runs) / f"{env.split('/')[1]}_{algo}_steps{steps}_seeds{seeds}"
-                if args.report_only:
-                    require_saved_run(run_dir, algo, env, settings)
-                try:
-                    info = train_or_skip(run_dir, algo, env, settings, CODE_AT_IMPORT)
-                    det = evaluate(run_dir, args.episodes)
-                    x, y, sps = read_curves(run_dir)
-                except Exception as err:  # report and go on with the other runs
-                    results[(study, algo)] = {"error": f"{type(err).__name__}: {err}"}
-                    print(f"{env} {NAMES[algo]:6s} FAILED: {type(err).__name__}: {err}")
-                    traceback.print_exc(file=sys.__stderr__)
-                    continue
-                cfg = config_from_run_dir(run_dir, {})
-                r = {"curve": (x, y), "final_train": y[:, -1].tolist(), "eval_det": det,
-                     "wall_s": info["wall_s"], "skipped": info["skipped"],
-                     "code": info.get("code", "unknown"), "load": info.get("load"),
-                     "env_steps": int(x[-1]), "seeds": seeds,
-                     "steps_per_s": float(np.median(sps[1:] if len(sps) > 1 else sps)),
-                     "steps_per_update": cfg.run.num_envs * cfg.run.rollout_length,
-                     "run_dir": str(run_dir)}
-                results[(study, algo)] = r
-                scale = (lambda v: normalise(v, ref)) if study == "random" else np.asarray
-                print(f"{env} {NAMES[algo]:6s} {r['env_steps']:,} steps x {seeds} seeds | "
-                      f"wall {r['wall_s']:.0f} s{' (earlier run)' if r['skipped'] else ''}"
-                      f"{_load(r)} | {r['steps_per_s']:,.0f} env-steps/s (all seeds) | "
-                      f"final train {_pm(r['final_train'])} "
-                      f"{[round(v, 2) for v in r['final_train']]}"
-                      + (f" = normalised {_pm(scale(r['final_train']), 3)}"
-                         if study == "random" else "")
-                      + f" | det eval {_pm(det)} {[round(v, 2) for v in det]}")
+        results = run_grid(grid, code, read, report_only=args.report_only)
         figure(out / "decentralised_deep.png", args.studies, results, ref)
         print(f"total wall time of this invocation {time.time() - start:.0f} s")
-
-    dump = {f"{study} {algo}": {k: v for k, v in r.items() if k != "curve"}
-            for (study, algo), r in results.items()}
-    (Path(args.runs) / "results.json").write_text(json.dumps(dump, indent=2))
-    if not args.report_only:
-        save_argv(Path(args.runs) / "argv.json", argv)
+    save_results(args, argv, by_name(results, drop=("curve",)))
     write_markdown(out / "decentralised_deep.md", args, results, ref, log.getvalue())
 
 
@@ -304,22 +232,19 @@ def table(study, results, scale=None) -> list[str]:
             + "| per-seed final training | deterministic eval | per-seed eval | wall (s) "
             "| env-steps/s | load before→after |")
     cols = head.count("|") - 1
-    lines = [head, "|" + " --- |" * cols]
-    for algo in algos:
-        r = results.get((study, algo), {"error": "not run"})
-        if "error" in r:
-            lines.append(f"| {NAMES[algo]} | failed: {r['error']} |" + " |" * (cols - 2))
-            continue
-        cells = [NAMES[algo], f"{np.mean(r['curve'][1][:, 0]):.2f}", _pm(r["final_train"])]
+
+    def numbers(key, r) -> list[str]:
+        cells = [f"{np.mean(r['curve'][1][:, 0]):.2f}", mean_sd(r["final_train"])]
         if normalised:
-            cells += [_pm(scale(r["final_train"]), 3),
+            cells += [mean_sd(scale(r["final_train"]), 3),
                       ", ".join(f"{v:.3f}" for v in scale(r["final_train"]))]
-        cells += [", ".join(f"{v:.2f}" for v in r["final_train"]), _pm(r["eval_det"]),
-                  ", ".join(f"{v:.2f}" for v in r["eval_det"]), f"{r['wall_s']:.0f}",
-                  f"{r['steps_per_s']:,.0f}",
-                  f"{r['load'][0]:.1f} → {r['load'][1]:.1f}" if r.get("load") else "–"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+        return cells + [", ".join(f"{v:.2f}" for v in r["final_train"]), mean_sd(r["eval_det"]),
+                        ", ".join(f"{v:.2f}" for v in r["eval_det"]), f"{r['wall_s']:.0f}",
+                        f"{r['steps_per_s']:,.0f}", load_cell(r)]
+
+    return [head, "|" + " --- |" * cols, *table_rows(
+        [((study, a), [NAMES[a]]) for a in algos], results, cols, numbers,
+        absent="failed: not run"), ""]
 
 
 def _verdict_text(v, first="DPO", second="IPPO", digits=2) -> str:
@@ -340,7 +265,8 @@ def observations(args, results, ref) -> list[str]:
         order = sorted(done(results, "random"),
                        key=lambda a: -np.mean(norm(results[("random", a)]["final_train"])))
         text = ("*Random game*: by mean normalised final training return the order is "
-                + " > ".join(f"{NAMES[a]} ({np.mean(norm(results[('random', a)]['final_train'])):.3f})"
+                + " > ".join(f"{NAMES[a]} "
+                             f"({np.mean(norm(results[('random', a)]['final_train'])):.3f})"
                              for a in order)
                 + f". Does DPO beat IPPO here? {_verdict_text(v, digits=3)}. ")
         still = rising(results, "random", 0.02, norm)
@@ -365,7 +291,8 @@ def observations(args, results, ref) -> list[str]:
             f"{np.mean(r['dpo']['eval_det']):.2f} and {np.mean(r['ippo']['eval_det']):.2f}. Does "
             f"DPO beat IPPO? {_verdict_text(v)}; with {args.mpe_seeds} seeds per method an exact "
             "permutation test cannot go below p = "
-            f"{permutation_p(range(args.mpe_seeds), range(args.mpe_seeds, 2 * args.mpe_seeds)):.2f}."
+            f"{permutation_p(range(args.mpe_seeds), range(args.mpe_seeds, 2 * args.mpe_seeds)):.2f}"
+            "."
             " Both use the same rollout and epoch settings (the DPO preset copies IPPO's "
             "calibrated MPE settings), so the difference is the objective. "
             + ("Still rising at the end (mean gain > 0.5 over the last 9 log points): "
@@ -450,8 +377,8 @@ def results_rows(args, results, ref) -> list[str]:
     if "spread_pg" in args.studies and done(results, "spread_pg"):
         seeds, steps = _study_args(args, "spread_pg")
         got = done(results, "spread_pg")
-        parts = [f"{NAMES[a]} {_minus(np.mean(results[('spread_pg', a)]['final_train']))} ("
-                 + ", ".join(_minus(v) for v in results[("spread_pg", a)]["final_train"]) + ")"
+        parts = [f"{NAMES[a]} {with_minus(np.mean(results[('spread_pg', a)]['final_train']))} ("
+                 + ", ".join(with_minus(v) for v in results[("spread_pg", a)]["final_train"]) + ")"
                  for a in got]
         answer = ""
         if {"dpo", "ippo"} <= set(got):
@@ -468,9 +395,9 @@ def results_rows(args, results, ref) -> list[str]:
     if "spread_q" in args.studies and done(results, "spread_q"):
         seeds, steps = _study_args(args, "spread_q")
         got = done(results, "spread_q")
-        parts = [f"{NAMES[a]} {_minus(np.mean(results[('spread_q', a)]['final_train']))} ("
-                 + ", ".join(_minus(v) for v in results[("spread_q", a)]["final_train"])
-                 + f"; greedy eval {_minus(np.mean(results[('spread_q', a)]['eval_det']))})"
+        parts = [f"{NAMES[a]} {with_minus(np.mean(results[('spread_q', a)]['final_train']))} ("
+                 + ", ".join(with_minus(v) for v in results[("spread_q", a)]["final_train"])
+                 + f"; greedy eval {with_minus(np.mean(results[('spread_q', a)]['eval_det']))})"
                  for a in got]
         answers = [f"{NAMES[o]} beats IQL? "
                    + _verdict_text(verdict(results, "spread_q", o, "iql"), NAMES[o], "IQL")
@@ -516,7 +443,8 @@ def write_markdown(path: Path, args, results, ref, output: str):
         "first (all seeds together). The machine is the 2-core CPU box; *load* is its 1-minute",
         "load average before and after the run.",
         "*Does A beat B* compares their final training returns: *yes* / *no* when every seed of",
-        "one is above every seed of the other, *within seed noise* when the seeds overlap; the exact",
+        "one is above every seed of the other, *within seed noise* when the seeds overlap; "
+        "the exact",
         "two-sided permutation p-value of the difference of means over the pooled seeds is given",
         "with it.",
         "",
@@ -540,7 +468,8 @@ def write_markdown(path: Path, args, results, ref, output: str):
                 f"random policy's {ref['random']:.3f}; returns are normalised to 0 = uniform "
                 f"random, 1 = optimum. {seeds} seeds per algorithm, {steps:,} env steps per "
                 f"seed (16 envs × 64 steps = 1,024 env steps per update, rounded down to "
-                f"{steps // 1024:,} updates = {steps // 1024 * 1024:,} steps), the `didactic` presets: IPPO, MAPPO and HAPPO lr "
+                f"{steps // 1024:,} updates = {steps // 1024 * 1024:,} steps), the `didactic` "
+                "presets: IPPO, MAPPO and HAPPO lr "
                 "and critic lr 3e-3, 5 epochs × 1 minibatch, clip 0.2, entropy 0.01; DPO its "
                 "own defaults (lr 5e-4 for actor and critic, 15 epochs, adaptive β_kl and "
                 "β_sqrt, targets 0.01 / 0.1, entropy 0.01). IPPO and DPO are fully "
@@ -605,26 +534,20 @@ def write_markdown(path: Path, args, results, ref, output: str):
     lines += ["### MDPO", ""] + _wrap(MDPO_TEXT)
     if args.note:
         lines += _wrap("**About this run.** " + args.note)
-    lines += [
-        "**Reproduce** (runs are bitwise reproducible on CPU; finished run folders are reused):",
-        "",
-        "```bash",
+    lines += command_block([
         "python experiments/decentralised_deep.py --studies " + " ".join(args.studies)
         + f" --random-steps {args.random_steps} --random-seeds {args.random_seeds} "
         f"--pg-steps {args.pg_steps} --q-steps {args.q_steps} --mpe-seeds {args.mpe_seeds} "
         f"--episodes {args.episodes}",
-        "python experiments/decentralised_deep.py --report-only   # the page from the saved runs",
-        "```",
-        "",
-        f"Output of the run that produced this page ({platform.python_version()}, CPU):",
-        "",
-        "```text",
-        output.rstrip(),
-        "```",
-        "",
-    ]
+        "python experiments/decentralised_deep.py --report-only   # the page from the saved runs"])
+    lines += output_block(output, python_version=True)
     lines += results_rows(args, results, ref) + [""]
     path.write_text("\n".join(lines))
+
+
+def _wrap(text: str) -> list[str]:
+    """A paragraph not broken at hyphens (broken, "one-hot" renders as "one- hot")."""
+    return paragraph(text, break_on_hyphens=False)
 
 
 def _wrap_join(text: str) -> str:

@@ -29,24 +29,21 @@ computes nothing: it rebuilds the page and figure from --json with the arguments
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import io
 import json
 import os
 import sys
-import textwrap
 import time
-from contextlib import redirect_stdout
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version
+from experiment_runs import (code_version, command_block, echoed_output, experiment_parser,
+                             new_figure, output_block, page_folder, paragraph, parse_flags,
+                             save_figure)
 from make_results import EXIT_NO_SAVED_RUNS, results_row
 
-ROOT = Path(__file__).resolve().parents[1]
 LEARNERS = {"IQL": "iql", "MA2QL": "ma2ql", "I2Q": "i2q"}
 COLORS = {"IQL": "tab:red", "MA2QL": "tab:orange", "I2Q": "tab:blue"}
 AT_OPTIMUM = 1e-5  # a greedy return within this relative distance of the optimum "is" optimal
@@ -274,12 +271,7 @@ def tree_study(args, cfg):
 
 # ------------------------------------------------------------------------------ figure
 def figure(path: Path, matrix, tree, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = new_figure(2, 2, figsize=(13, 9))
     labels = list(LEARNERS)
 
     # (a) converged greedy joint actions on the overgeneralisation game
@@ -352,9 +344,7 @@ def figure(path: Path, matrix, tree, args):
     ax.legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ page
@@ -506,10 +496,10 @@ def write_markdown(path: Path, args, cfg, matrix, tree, output: str, wall_s: flo
         "(log scale; the dotted line marks the I2Q authors' env-step budget).*",
         "",
     ]
-    for paragraph in reading(args, cfg, matrix, tree):
-        lines += textwrap.wrap(paragraph, 92) + [""]
+    for text in reading(args, cfg, matrix, tree):
+        lines += paragraph(text)
     if args.note:
-        lines += textwrap.wrap("**About this run.** " + args.note, 92) + [""]
+        lines += paragraph("**About this run.** " + args.note)
 
     lines += ["<details><summary>Per-game return / optimum on the tree (mean over the seeds of"
               " the game)</summary>", "",
@@ -521,21 +511,11 @@ def write_markdown(path: Path, args, cfg, matrix, tree, output: str, wall_s: flo
                      + " | ".join(f"{t[l]['ratio'][g]:.4f}" for l in LEARNERS)
                      + f" | {why} |")
     lines += ["", "</details>", ""]
-    lines += [
-        "**Reproduce** (deterministic on CPU"
-        + ("; *About this run* was given with `--note`" if args.note else "") + "):",
-        "",
-        "```bash",
-        " ".join(["python experiments/decentralised_tabular.py", *command_args(args.argv)]),
-        "```",
-        "",
-        "Output of the run that produced this page:",
-        "",
-        "```text",
-        output.rstrip(),
-        "```",
-        "",
-    ]
+    lines += command_block(
+        [" ".join(["python experiments/decentralised_tabular.py", *command_args(args.argv)])],
+        heading="**Reproduce** (deterministic on CPU"
+        + ("; *About this run* was given with `--note`" if args.note else "") + "):")
+    lines += output_block(output)
     lines += results_rows(args, cfg, matrix, tree) + [""]
     path.write_text("\n".join(lines))
 
@@ -758,7 +738,8 @@ def reading(args, cfg, matrix, tree) -> list[str]:
 
 # ------------------------------------------------------------------------------ main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__, report_only="compute nothing: rebuild the page and "
+                                                    "figure from --json")
     parser.add_argument("--matrix-seeds", type=int, default=10)
     parser.add_argument("--matrix-episodes", type=int, default=20_000)
     parser.add_argument("--matrix-checkpoints", type=int, default=100)
@@ -775,18 +756,14 @@ def main(argv=None):
     parser.add_argument("--turn-length", type=int, default=None,
                         help="MA2QL turn length in episodes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--json", default="/tmp/teamrl_experiments/decentralised_tabular.json")
-    parser.add_argument("--note", default="", help="a paragraph added to the page")
     parser.add_argument("--tree-row-note", default="",
                         help="a sentence appended to the tree's row of docs/RESULTS.md")
-    parser.add_argument("--report-only", action="store_true",
-                        help="compute nothing: rebuild the page and figure from --json")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    # Its saved results are one JSON file, not run folders: --report-only reads the
+    # arguments from there (report_only below).
+    args, argv = parse_flags(parser, argv, reuse_saved=False)
     args.argv = argv
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = page_folder(args)
     if args.report_only:
         return report_only(parser, args)
 
@@ -801,16 +778,8 @@ def main(argv=None):
                                    ("turn_length", args.turn_length)) if v is not None}
     cfg = TabularConfig(**overrides)
 
-    log = io.StringIO()
-
-    class Tee(io.TextIOBase):
-        def write(self, text):
-            sys.__stdout__.write(text)
-            sys.__stdout__.flush()
-            return log.write(text)
-
     start = time.time()
-    with redirect_stdout(Tee()):
+    with echoed_output() as log:
         print(f"teamrl {CODE_AT_IMPORT}; {cfg}; load average {os.getloadavg()[0]:.1f}")
         matrix = overgeneralisation_study(args, cfg)
         tree = tree_study(args, cfg)

@@ -17,87 +17,53 @@ not trained again. ``--report-only`` rebuilds the page from the saved runs.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import (SAVED, code_version, evaluate_or_reuse, final_column,
-                             trained_code_and_wall, train_or_skip)
-from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
+from experiment_runs import (SAVED, Run, add_budget_flags, budget_settings, evaluate_or_reuse,
+                             experiment_parser, final_column, grid_main, missing_note, run_facts,
+                             run_folder, table_rows, trained_code_and_wall)
+from make_results import results_row
 
-ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["mappo", "happo", "a2po"]
 NAMES = {"mappo": "MAPPO", "happo": "HAPPO", "a2po": "A2PO"}
 SCENARIO = "academy_3_vs_1_with_keeper"
 # Evaluation score rate at 25M env steps (HARL, REFERENCE.md §5); A2PO reports none here.
 PUBLISHED = {"happo": "94.7 %", "mappo": "88.0 %"}
+# What each stochastic evaluation episode counts (teamrl/envs/football.py), kept per seed.
+EVAL_COUNTS = ["score_rate", "goals_for", "passes", "pass_rate", "assists"]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=200_000, help="env steps per seed")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser = experiment_parser(__doc__, runs=SAVED / "football")
+    add_budget_flags(parser, steps=200_000, algos=ALGOS, episodes=20,
+                     episodes_help="evaluation episodes per seed of the final policy")
     parser.add_argument("--workers", type=int, default=2, help="env worker processes")
-    parser.add_argument("--episodes", type=int, default=20,
-                        help="evaluation episodes per seed of the final policy")
-    parser.add_argument("--runs", default=str(SAVED / "football"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--note", default="", help="a sentence added to the page")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rebuild the page from the saved runs")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    code = code_version()
-    from teamrl.plots import plot_runs
+    grid_main(parser, argv, "football", grid, read, write_markdown, y="score_rate")
 
-    env_id = f"football/{SCENARIO}"
-    results, run_dirs = {}, []
-    start = time.time()
-    for algo in args.algos:
-        # Evaluation during training: 10 episodes per seed every 10 log rows (the presets'
-        # 100 episodes per evaluation would cost more env steps than the training budget).
-        settings = {"seeds": str(args.seeds), "total_steps": str(args.steps),
-                    "workers": str(args.workers), "eval_episodes": "10", "eval_every": "10"}
-        run_dir = Path(args.runs) / f"{SCENARIO}_{algo}_steps{args.steps}_seeds{args.seeds}"
-        if args.report_only:
-            require_saved_run(run_dir, algo, env_id, settings)
-        try:
-            info = train_or_skip(run_dir, algo, env_id, settings, code)
-            stoch = evaluate_or_reuse(run_dir, args.episodes, False, checkpoint="latest")
-        except Exception as err:  # report and go on with the other algorithms
-            results[algo] = {"error": f"{type(err).__name__}: {err}"}
-            print(f"{NAMES[algo]} FAILED: {type(err).__name__}: {err}", flush=True)
-            traceback.print_exc(file=sys.stderr)
-            continue
-        run_dirs.append(run_dir)
-        results[algo] = {
-            "train_score_rate": final_column(run_dir, "score_rate"),
-            "eval_score_rate": [s["score_rate"] for s in stoch["seeds"]],
-            "eval_goals_for": [s["goals_for"] for s in stoch["seeds"]],
-            "eval_passes": [s["passes"] for s in stoch["seeds"]],
-            "eval_pass_rate": [s["pass_rate"] for s in stoch["seeds"]],
-            "eval_assists": [s["assists"] for s in stoch["seeds"]],
-            "wall_s": info["wall_s"], "steps_per_s": info.get("steps_per_s"),
-            "load": info.get("load"), "code": info.get("code"), "run_dir": str(run_dir)}
-        r = results[algo]
-        print(f"{NAMES[algo]}: training score rate {np.mean(r['train_score_rate']):.3f} "
-              f"{[round(v, 3) for v in r['train_score_rate']]}, eval "
-              f"{np.mean(r['eval_score_rate']):.3f}, wall {r['wall_s'] / 60:.0f} min",
-              flush=True)
-    if run_dirs:
-        plot_runs(run_dirs, out / "football.png", y="score_rate")
-    (Path(args.runs) / "results.json").write_text(json.dumps(results, indent=2))
-    if not args.report_only:
-        save_argv(Path(args.runs) / "argv.json", argv)
-    write_markdown(out / "football.md", args, results, code, time.time() - start)
+
+def grid(args) -> list[Run]:
+    # Evaluation during training: 10 episodes per seed every 10 log rows (the presets'
+    # 100 episodes per evaluation would cost more env steps than the training budget).
+    settings = {**budget_settings(args.steps, args.seeds), "workers": str(args.workers),
+                "eval_episodes": "10", "eval_every": "10"}
+    return [Run(algo, NAMES[algo], algo, f"football/{SCENARIO}", settings,
+                run_folder(args.runs, SCENARIO, algo, args.steps, args.seeds))
+            for algo in args.algos]
+
+
+def read(args, run: Run, info: dict) -> dict:
+    """Training score rate (last 10 % of log rows) and what the stochastic evaluation of the
+    final policy counts, per seed."""
+    stoch = evaluate_or_reuse(run.run_dir, args.episodes, False, checkpoint="latest")
+    r = {"train_score_rate": final_column(run.run_dir, "score_rate"),
+         **{f"eval_{count}": [s[count] for s in stoch["seeds"]] for count in EVAL_COUNTS},
+         **run_facts(info, run.run_dir)}
+    print(f"{run.label}: training score rate {np.mean(r['train_score_rate']):.3f} "
+          f"{[round(v, 3) for v in r['train_score_rate']]}, eval "
+          f"{np.mean(r['eval_score_rate']):.3f}, wall {r['wall_s'] / 60:.0f} min", flush=True)
+    return r
 
 
 def _mean(values) -> float:
@@ -107,18 +73,17 @@ def _mean(values) -> float:
 
 def results_rows(args, results) -> list[str]:
     """The docs/RESULTS.md row: each algorithm's score rate beside HARL's at 25M steps."""
-    done = [a for a in args.algos if "eval_score_rate" in results.get(a, {})]
+    cells = {NAMES[a]: results.get(a) for a in args.algos}
+    done = {name: r for name, r in cells.items() if r and "eval_score_rate" in r}
     if not done:
         return []
-    ours = ", ".join(f"{NAMES[a]} {100 * _mean(results[a]['eval_score_rate']):.1f} %"
-                     for a in done)
-    failed = [NAMES[a] for a in args.algos if a not in done]
+    ours = ", ".join(f"{name} {100 * _mean(r['eval_score_rate']):.1f} %"
+                     for name, r in done.items())
     return [results_row(
         claim=f"Google Research Football {SCENARIO}: HAPPO ≥ MAPPO in score rate (HARL); "
               "A2PO alongside, shipped presets",
-        ours=ours + (f" (failed: {', '.join(failed)})" if failed else "")
-        + f"; stochastic evaluation score rate, {args.episodes} episodes per seed, "
-          "mean over seeds",
+        ours=ours + missing_note(cells) + "; stochastic evaluation score rate, "
+        f"{args.episodes} episodes per seed, mean over seeds",
         published="HAPPO 94.7 %, MAPPO 88.0 % at 25M steps (HARL)",
         budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds),
         metric=f"stochastic evaluation score rate of the final policy, {args.episodes} "
@@ -145,19 +110,14 @@ def write_markdown(path: Path, args, results, code: str, wall: float):
         "| algorithm | training score rate (last 10 % of rows) | eval score rate | goals | "
         "passes | pass rate | assists | HARL at 25M | wall time |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for algo in args.algos:
-        r = results.get(algo)
-        if r is None:
-            continue
-        if "error" in r:
-            lines.append(f"| {NAMES[algo]} | failed: {r['error']} | | | | | | | |")
-            continue
-        lines.append(
-            f"| {NAMES[algo]} | {100 * _mean(r['train_score_rate']):.1f} % | "
-            f"{100 * _mean(r['eval_score_rate']):.1f} % | {_mean(r['eval_goals_for']):.2f} | "
-            f"{_mean(r['eval_passes']):.2f} | {100 * _mean(r['eval_pass_rate']):.0f} % | "
-            f"{_mean(r['eval_assists']):.2f} | {PUBLISHED.get(algo, '–')} | "
-            f"{r['wall_s'] / 60:.0f} min |")
+    lines += table_rows(
+        [(a, [NAMES[a]]) for a in args.algos], results, 9,
+        lambda algo, r: [f"{100 * _mean(r['train_score_rate']):.1f} %",
+                         f"{100 * _mean(r['eval_score_rate']):.1f} %",
+                         f"{_mean(r['eval_goals_for']):.2f}", f"{_mean(r['eval_passes']):.2f}",
+                         f"{100 * _mean(r['eval_pass_rate']):.0f} %",
+                         f"{_mean(r['eval_assists']):.2f}", PUBLISHED.get(algo, "–"),
+                         f"{r['wall_s'] / 60:.0f} min"])
     lines += ["", "Score rate: the fraction of episodes in which the team scored (an academy "
               "episode ends at the first goal). Evaluation: "
               f"{args.episodes} stochastic episodes per seed of the final policy (HARL "

@@ -33,9 +33,10 @@
    training, the script takes ``--report-only`` (train nothing; every run it needs must have
    been saved with the same settings, else exit EXIT_NO_SAVED_RUNS naming the missing one)
    and its name goes into REPORT_ONLY below. ``--refresh`` runs each of them, skipping those
-   whose saved runs are absent, then assembles. Helpers: ``require_saved_run`` before each
-   ``train_or_skip``, ``save_argv`` after a training invocation and ``reuse_saved_argv`` to
-   parse the arguments (so a rebuilt section keeps the original settings and ``--note``).
+   whose saved runs are absent, then assembles. The harness, experiments/experiment_runs.py,
+   does this for a grid of runs: ``parse_flags`` (a rebuilt section keeps the arguments and
+   ``--note`` of the invocation that trained), ``run_grid(..., report_only=...)`` (trains
+   nothing then) and ``save_results`` (records those arguments after training).
    Grids too long for one sitting keep their runs under ``experiment_runs.SAVED``
    (experiments/saved/<name>/, in git without checkpoints) and evaluate through
    ``evaluate_or_reuse``, so their sections rebuild on any checkout.
@@ -149,56 +150,6 @@ def results_row(claim: str, ours: str, published: str = "–", budget: str = "",
     # "--" may not appear inside an HTML comment; \u002d is the same character to JSON.
     text = json.dumps(row, ensure_ascii=False).replace("--", "-\\u002d")
     return f"<!-- results-row {text} -->"
-
-
-# ------------------------------------------------------------- helpers for --report-only
-def saved_run_finished(run_dir, algo: str, env_id: str, settings: dict) -> bool:
-    """Whether ``run_dir`` finished with exactly this request (the record
-    experiment_runs.train_or_skip leaves)."""
-    from experiment_runs import DONE_FILE
-
-    done = Path(run_dir) / DONE_FILE
-    request = {"algo": algo, "env_id": env_id, "settings": settings}
-    try:
-        saved = json.loads(done.read_text()).get("request") if done.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        saved = None
-    return saved == request
-
-
-def require_saved_run(run_dir, algo: str, env_id: str, settings: dict) -> None:
-    """``--report-only``: exit EXIT_NO_SAVED_RUNS unless ``run_dir`` finished with exactly this
-    request, so nothing gets trained."""
-    if not saved_run_finished(run_dir, algo, env_id, settings):
-        print(f"--report-only: no finished run of {algo} on {env_id} with {settings} in "
-              f"{run_dir}; run the script without --report-only to train it", file=sys.stderr)
-        raise SystemExit(EXIT_NO_SAVED_RUNS)
-
-
-def save_argv(path: Path, argv: list[str]) -> None:
-    """Record a training invocation's arguments next to its runs (see reuse_saved_argv)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"argv": list(argv)}, ensure_ascii=False, indent=1))
-
-
-def reuse_saved_argv(parser: argparse.ArgumentParser, argv: list[str], saved_path):
-    """Parse ``argv``; with ``--report-only``, the arguments saved by the invocation that trained
-    the runs (``saved_path(args)``, written by save_argv) come first, so the rebuilt section
-    keeps its settings and ``--note``; arguments given now still win. ``--report-only`` alone
-    without saved arguments exits EXIT_NO_SAVED_RUNS: rebuilding with the defaults could drop
-    the page's --note or describe other settings."""
-    args = parser.parse_args(argv)
-    if not getattr(args, "report_only", False):
-        return args
-    path = Path(saved_path(args))
-    if not path.is_file():
-        if any(a != "--report-only" for a in argv):
-            return args
-        print(f"--report-only: {path} (the arguments of the run that saved the results) is "
-              "missing; give them, and its --note, explicitly", file=sys.stderr)
-        raise SystemExit(EXIT_NO_SAVED_RUNS)
-    saved = json.loads(path.read_text()).get("argv", [])
-    return parser.parse_args([a for a in saved if a != "--report-only"] + list(argv))
 
 
 # ---------------------------------------------------------------------------- assembling

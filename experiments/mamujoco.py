@@ -20,20 +20,15 @@ from the saved runs (alone, with the arguments of the invocation that saved them
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import (SAVED, code_version, evaluate_or_reuse, trained_code_and_wall,
-                             train_or_skip)
-from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
+from experiment_runs import (SAVED, Run, add_budget_flags, add_protocol_flag, budget_settings,
+                             evaluate_or_reuse, experiment_parser, final_column, grid_main,
+                             missing_note, run_facts, run_folder, table_rows, trained_code_and_wall)
+from make_results import results_row
 
-ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["happo", "hatrpo", "mappo", "a2po"]
 TASKS = ["HalfCheetah-2x3", "Walker2d-2x3"]
 NAMES = {"happo": "HAPPO", "hatrpo": "HATRPO", "mappo": "MAPPO", "a2po": "A2PO"}
@@ -48,77 +43,35 @@ PUBLISHED = {
 }
 
 
-def final_returns(run_dir: Path) -> list[float]:
-    """Per seed: mean training return over the last 10 % of log rows."""
-    from teamrl.runs import read_metrics
-
-    per_seed: dict = {}
-    for row in read_metrics(run_dir):
-        if np.isfinite(row["return_mean"]):
-            per_seed.setdefault(int(row["seed"]), []).append(row["return_mean"])
-    return [float(np.mean(v[-max(1, len(v) // 10):])) for _, v in sorted(per_seed.items())]
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser = experiment_parser(__doc__, runs=SAVED / "mamujoco", note=False)
+    add_budget_flags(parser, steps=1_000_000, algos=ALGOS, episodes=10,
+                     episodes_help="deterministic evaluation episodes per seed (1000 steps "
+                                   "each)")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
-    parser.add_argument("--episodes", type=int, default=10,
-                        help="deterministic evaluation episodes per seed (1000 steps each)")
-    parser.add_argument("--eval-protocol", default="custom", choices=["custom", "harl"],
-                        help="harl: evaluate 40 deterministic episodes every 25 updates during "
-                        "training, as HARL's published curves; custom: the presets' cadence")
-    parser.add_argument("--runs", default=str(SAVED / "mamujoco"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rebuild the page from the saved runs")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    code = code_version()
-    from teamrl.plots import plot_runs
+    add_protocol_flag(parser, "harl", help="harl: evaluate 40 deterministic episodes every 25 "
+                      "updates during training, as HARL's published curves; custom: the "
+                      "presets' cadence")
+    grid_main(parser, argv, "mamujoco", grid, read, write_markdown)
 
-    results, run_dirs = {}, []
-    start = time.time()
-    for task in args.tasks:
-        for algo in args.algos:
-            env_id = f"mamujoco/{task}"
-            settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
-            if args.eval_protocol != "custom":
-                # Logged every 5 updates, evaluated every 5 rows: the protocol's 25 updates.
-                settings.update(eval_protocol=args.eval_protocol, log_every="5", eval_every="5")
-            run_dir = Path(args.runs) / f"{task.replace('|', '_')}_{algo}_steps{args.steps}" \
-                                        f"_seeds{args.seeds}"
-            if args.report_only:
-                require_saved_run(run_dir, algo, env_id, settings)
-            try:
-                info = train_or_skip(run_dir, algo, env_id, settings, code)
-                det = evaluate_or_reuse(run_dir, args.episodes, True, checkpoint="latest")
-            except Exception as err:  # report and go on with the other runs
-                results[(task, algo)] = {"error": f"{type(err).__name__}: {err}"}
-                print(f"{task} {NAMES[algo]} FAILED: {type(err).__name__}: {err}", flush=True)
-                traceback.print_exc(file=sys.stderr)
-                continue
-            run_dirs.append(run_dir)
-            results[(task, algo)] = {
-                "final_train": final_returns(run_dir),
-                "eval_det": [s["return_mean"] for s in det["seeds"]],
-                "wall_s": info["wall_s"], "steps_per_s": info.get("steps_per_s"),
-                "load": info.get("load"), "code": info.get("code"), "run_dir": str(run_dir)}
-            r = results[(task, algo)]
-            print(f"{task} {NAMES[algo]}: final train {np.mean(r['final_train']):.0f} "
-                  f"{[round(v) for v in r['final_train']]}, det eval "
-                  f"{np.mean(r['eval_det']):.0f}, wall {r['wall_s']:.0f} s", flush=True)
-    if run_dirs:
-        plot_runs(run_dirs, out / "mamujoco.png")
-    (Path(args.runs) / "results.json").write_text(json.dumps(
-        {f"{t} {a}": r for (t, a), r in results.items()}, indent=2))
-    if not args.report_only:
-        save_argv(Path(args.runs) / "argv.json", argv)
-    write_markdown(out / "mamujoco.md", args, results, code, time.time() - start)
+
+def grid(args) -> list[Run]:
+    settings = budget_settings(args.steps, args.seeds, args.eval_protocol)
+    return [Run((task, algo), f"{task} {NAMES[algo]}", algo, f"mamujoco/{task}", settings,
+                run_folder(args.runs, task.replace("|", "_"), algo, args.steps, args.seeds))
+            for task in args.tasks for algo in args.algos]
+
+
+def read(args, run: Run, info: dict) -> dict:
+    """Final training return (last 10 % of log rows) and deterministic evaluation of the
+    final policy, per seed."""
+    det = evaluate_or_reuse(run.run_dir, args.episodes, True, checkpoint="latest")
+    r = {"final_train": final_column(run.run_dir, "return_mean"),
+         "eval_det": [s["return_mean"] for s in det["seeds"]], **run_facts(info, run.run_dir)}
+    print(f"{run.label}: final train {np.mean(r['final_train']):.0f} "
+          f"{[round(v) for v in r['final_train']]}, det eval "
+          f"{np.mean(r['eval_det']):.0f}, wall {r['wall_s']:.0f} s", flush=True)
+    return r
 
 
 def results_rows(args, results) -> list[str]:
@@ -126,18 +79,17 @@ def results_rows(args, results) -> list[str]:
     final training return beside the published numbers at 10M steps."""
     rows = []
     for task in args.tasks:
-        done = [a for a in args.algos if "final_train" in results.get((task, a), {})]
+        cells = {NAMES[a]: results.get((task, a)) for a in args.algos}
+        done = {name: r for name, r in cells.items() if r and "final_train" in r}
         if not done:
             continue
-        ours = ", ".join(f"{NAMES[a]} {np.mean(results[(task, a)]['final_train']):.0f}"
-                         for a in done)
-        failed = [NAMES[a] for a in args.algos if a not in done]
+        ours = ", ".join(f"{name} {np.mean(r['final_train']):.0f}" for name, r in done.items())
         published = "; ".join(f"{NAMES[a]} {PUBLISHED[(task, a)]}" for a in args.algos
                               if (task, a) in PUBLISHED)
         rows.append(results_row(
             claim=f"Multi-Agent MuJoCo {task} (obs=global): " + ", ".join(
                 NAMES[a] for a in args.algos) + " at the shipped (HARL-tuned) presets",
-            ours=ours + (f" (failed: {', '.join(failed)})" if failed else "")
+            ours=ours + missing_note(cells)
             + "; final training return (last 10 % of log rows), mean over seeds",
             published=(published + " — all at 10M steps") if published else "–",
             budget=f"{args.steps:,} env steps per seed", seeds=str(args.seeds),
@@ -164,18 +116,11 @@ def write_markdown(path: Path, args, results, code: str, wall: float):
         "| task | algorithm | final training return (mean ± sd over seeds) | deterministic "
         "eval | published at 10M | wall time (all seeds) |",
         "| --- | --- | --- | --- | --- | --- |"]
-    for task in args.tasks:
-        for algo in args.algos:
-            r = results.get((task, algo))
-            if r is None:
-                continue
-            if "error" in r:
-                lines.append(f"| {task} | {NAMES[algo]} | failed: {r['error']} | | | |")
-                continue
-            lines.append(
-                f"| {task} | {NAMES[algo]} | {np.mean(r['final_train']):.0f} ± "
-                f"{np.std(r['final_train']):.0f} | {np.mean(r['eval_det']):.0f} | "
-                f"{PUBLISHED.get((task, algo), '–')} | {r['wall_s'] / 60:.0f} min |")
+    lines += table_rows(
+        [((t, a), [t, NAMES[a]]) for t in args.tasks for a in args.algos], results, 6,
+        lambda key, r: [f"{np.mean(r['final_train']):.0f} ± {np.std(r['final_train']):.0f}",
+                        f"{np.mean(r['eval_det']):.0f}", PUBLISHED.get(key, "–"),
+                        f"{r['wall_s'] / 60:.0f} min"])
     lines += ["", "Final training return: mean of the last 10 % of logged training-episode "
               "returns per seed. Deterministic eval: "
               f"{args.episodes} episodes per seed of the final policy's mean action. Wall "

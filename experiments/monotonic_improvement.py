@@ -16,19 +16,16 @@ report (no --report-only).
 
 from __future__ import annotations
 
-import argparse
-import io
-import sys
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 
+from experiment_runs import (command_block, echoed_output, experiment_parser, new_figure,
+                             output_block, page_folder, parse_flags, save_figure)
 from make_results import results_row
 from teamrl.algos.tabular import optimal_values, random_game, random_policies, trajectory
 
-ROOT = Path(__file__).resolve().parents[1]
 GAMMA = 0.9
 POLICY_SCALE = 1.0  # initial logits ~ N(0, 1): random, not uniform
 TOLERANCE = 1e-9    # a step "decreases J" when ΔJ < −TOLERANCE (J is O(1–10); roundoff ~1e-14)
@@ -67,10 +64,6 @@ def summarise(J: np.ndarray):
 
 
 def figure(path: Path, curves, games, delta: float, count: int = 4):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     steps = np.diff(curves["simultaneous"], axis=1)
@@ -80,7 +73,7 @@ def figure(path: Path, curves, games, delta: float, count: int = 4):
         return []
     cols = min(2, len(chosen))
     rows = -(-len(chosen) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(5.2 * cols, 3.6 * rows))
     for ax in axes.flat[len(chosen):]:
         ax.axis("off")
     for ax, index in zip(axes.flat, chosen):
@@ -100,15 +93,12 @@ def figure(path: Path, curves, games, delta: float, count: int = 4):
     for ax in axes[:, 0]:
         ax.set_ylabel("J (exact)")
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Exact iterations, max-KL trust region δ = {delta} per agent", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, f"Exact iterations, max-KL trust region δ = {delta} per agent")
     return chosen
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__, note=False, report_only=None)
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -118,21 +108,11 @@ def main(argv=None):
                         help="comma-separated δ values for the sweep table ('' to skip)")
     parser.add_argument("--penalty-iterations", type=int, default=5,
                         help="iterations of the paper's penalised form (C·KL_max) ; 0 to skip")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    log = io.StringIO()
-
-    class Tee(io.TextIOBase):
-        def write(self, text):
-            sys.__stdout__.write(text)
-            sys.__stdout__.flush()
-            return log.write(text)
+    args, _ = parse_flags(parser, argv, reuse_saved=False)
+    out = page_folder(args)
 
     start = time.time()
-    with redirect_stdout(Tee()):
+    with echoed_output() as log:
         games = make_games(args.games, args.seed)
         sizes = np.array([(g.n_agents, g.n_actions[0], g.n_states) for g, _, _ in games])
         counts = [np.bincount(sizes[:, k]).tolist() for k in range(3)]
@@ -272,7 +252,7 @@ def write_markdown(path: Path, args, sweep, penalty, stats, output: str):
                      f"{s[2]} / {games * K} |")
     lines += [
         "",
-        f"![J over iterations](monotonic_improvement.png)",
+        "![J over iterations](monotonic_improvement.png)",
         "",
         "*J over iterations for the games where a simultaneous step lost the most (red triangles:",
         "steps where J fell); the dotted line is the optimum J\\* from value iteration.*",
@@ -305,21 +285,11 @@ def write_markdown(path: Path, args, sweep, penalty, stats, output: str):
             "J_new ≥ J_old + Σ_m (L_m − C·KL_max,m) ≥ J_old on it.",
             "",
         ]
-    lines += [
-        "**Reproduce** (deterministic; single process, float64 numpy):",
-        "",
-        "```bash",
-        f"python experiments/monotonic_improvement.py --games {games} --iterations {K} "
-        f"--seed {args.seed} --delta {args.delta}",
-        "```",
-        "",
-        "Output of the run that produced this page:",
-        "",
-        "```text",
-        output.rstrip(),
-        "```",
-        "",
-    ]
+    lines += command_block(
+        [f"python experiments/monotonic_improvement.py --games {games} --iterations {K} "
+         f"--seed {args.seed} --delta {args.delta}"],
+        heading="**Reproduce** (deterministic; single process, float64 numpy):")
+    lines += output_block(output)
     decreases = {d: (summarise(c["hatrpo"])[0], summarise(c["simultaneous"])[0])
                  for d, c in sweep.items()}
     lines += results_rows(args, decreases) + [""]

@@ -18,183 +18,69 @@ trains nothing: it rebuilds the page from the saved runs (alone, with the argume
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
 import math
-import platform
-import sys
 import time
-import traceback
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, train_or_skip
-from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
+from experiment_runs import (Run, add_budget_flags, budget_settings, by_name, command_block,
+                             curve_line, curve_record, echoed_output, experiment_parser,
+                             import_teamrl, load_cell, mean_sd, new_figure, output_block,
+                             page_folder, paragraph, parse_flags, run_folder, run_grid, save_figure,
+                             save_results, seed_bands, table_rows, with_minus)
+from make_results import results_row
 
-ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["mappo", "ippo", "coppo", "happo", "hatrpo", "a2po"]
 ENVS = ["mpe/simple_spread", "mpe/simple_speaker_listener"]
 NAMES = {"mappo": "MAPPO", "ippo": "IPPO", "coppo": "CoPPO", "happo": "HAPPO",
          "hatrpo": "HATRPO", "a2po": "A2PO"}
 COLORS = {"mappo": "tab:blue", "ippo": "tab:orange", "coppo": "tab:purple",
           "happo": "tab:green", "hatrpo": "tab:red", "a2po": "tab:brown"}
-CODE_AT_IMPORT = "unknown"  # set in main() just before teamrl is imported
-
-
-# ------------------------------------------------------------------------------ running
-def read_curves(run_dir: Path):
-    """(env_steps [T], return_mean [seeds, T], steps_per_s [T] of the run's log rows)."""
-    from teamrl.runs import read_metrics
-
-    per_seed: dict = {}
-    sps: dict = {}
-    for row in read_metrics(run_dir):
-        per_seed.setdefault(int(row["seed"]), []).append((row["env_steps"], row["return_mean"]))
-        sps[row["env_steps"]] = row["steps_per_s"]
-    series = [sorted(v) for _, v in sorted(per_seed.items())]
-    x = np.array([p[0] for p in series[0]])
-    return x, np.array([[p[1] for p in s] for s in series]), np.array([sps[v] for v in x])
-
-
-def evaluate(run_dir: Path, episodes: int) -> list[float]:
-    from teamrl.evaluate import evaluate_run
-
-    result = evaluate_run(run_dir, episodes, True, checkpoint="latest")
-    return [row["return_mean"] for row in result["seeds"]]
 
 
 # ------------------------------------------------------------------------------ figure
 def figure(path: Path, envs, algos, results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(envs), figsize=(6.2 * len(envs), 4.3), squeeze=False)
+    """Training return per env (one panel each), mean and min–max band over seeds."""
+    fig, axes = new_figure(1, len(envs), figsize=(6.2 * len(envs), 4.3))
     for ax, env in zip(axes[0], envs):
-        for algo in algos:
-            r = results.get((env, algo))
-            if r is None or "curve" not in r:
-                continue
-            x, y = r["curve"][0], r["curve"][1]
-            ax.plot(x, y.mean(0), color=COLORS[algo], lw=1.6,
-                    label=f"{NAMES[algo]} ({np.mean(r['final_train']):.1f})")
-            ax.fill_between(x, y.min(0), y.max(0), color=COLORS[algo], alpha=0.18, lw=0)
+        seed_bands(ax, {a: results.get((env, a)) for a in algos}, COLORS, NAMES, digits=1)
         ax.set_title(env, fontsize=10)
-        ax.set_xlabel("env steps per seed")
         ax.set_ylabel("training return (team reward = mean over agents)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right", title="final mean", title_fontsize=8)
-    fig.suptitle("MPE, shipped presets (16 envs × 128 steps per update): mean over seeds, "
-                 "band = min–max over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, "MPE, shipped presets (16 envs × 128 steps per update): mean over "
+                "seeds, band = min–max over seeds")
 
 
 # ------------------------------------------------------------------------------ main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser = experiment_parser(__doc__, runs="/tmp/teamrl_experiments/mpe")
+    add_budget_flags(parser, steps=1_000_000, algos=ALGOS, episodes=32,
+                     episodes_help="deterministic evaluation episodes per seed")
     parser.add_argument("--envs", nargs="+", default=ENVS, choices=ENVS)
-    parser.add_argument("--episodes", type=int, default=32,
-                        help="deterministic evaluation episodes per seed")
-    parser.add_argument("--runs", default="/tmp/teamrl_experiments/mpe")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--note", default="",
-                        help="a paragraph added to the page (e.g. how the runs were made)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rebuild the page from the saved runs")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, argv = parse_flags(parser, argv)
+    out = page_folder(args)
+    code = import_teamrl()
+    from teamrl.train.presets import config_from_run_dir
 
-    # Import before redirecting stdout: importing jaxmarl (via teamrl.envs) resets sys.stdout
-    # to the real stream, which would silently end the capture below.
-    # The code version is taken when teamrl is imported: later edits to the working tree do
-    # not reach this process.
-    global CODE_AT_IMPORT
-    CODE_AT_IMPORT = code_version()
-    import teamrl.envs  # noqa: F401
-    import teamrl.evaluate  # noqa: F401
-    import teamrl.train  # noqa: F401
-
-    log = io.StringIO()
-
-    class Tee(io.TextIOBase):
-        def write(self, text):
-            sys.__stdout__.write(text)
-            sys.__stdout__.flush()
-            return log.write(text)
+    def read(run: Run, info: dict) -> dict:
+        cfg = config_from_run_dir(run.run_dir, {})
+        r = curve_record(run.run_dir, info, args.episodes,
+                         share_actor=getattr(cfg.algo, "share_actor", None))
+        print(curve_line(run.label, r, args.seeds))
+        return r
 
     start = time.time()
-    results = {}
-    with redirect_stdout(Tee()):
-        for env in args.envs:
-            for algo in args.algos:
-                settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
-                tag = f"{env.split('/')[1]}_{algo}_steps{args.steps}_seeds{args.seeds}"
-                run_dir = Path(args.runs) / tag
-                if args.report_only:
-                    require_saved_run(run_dir, algo, env, settings)
-                try:
-                    info = train_or_skip(run_dir, algo, env, settings, CODE_AT_IMPORT)
-                    try:
-                        det = evaluate(run_dir, args.episodes)
-                    except ValueError as err:  # a finished run from older code: train again
-                        if not info["skipped"] or args.report_only:
-                            raise
-                        print(f"{env} {NAMES[algo]}: earlier run folder not loadable ({err}); "
-                              "retraining")
-                        info = train_or_skip(run_dir, algo, env, settings, CODE_AT_IMPORT, force=True)
-                        det = evaluate(run_dir, args.episodes)
-                    x, y, sps = read_curves(run_dir)
-                except Exception as err:  # report and go on with the other runs
-                    results[(env, algo)] = {"error": f"{type(err).__name__}: {err}"}
-                    print(f"{env} {NAMES[algo]:7s} FAILED: {type(err).__name__}: {err}")
-                    traceback.print_exc(file=sys.__stderr__)
-                    continue
-                from teamrl.cli_config import config_from_run_dir
-
-                cfg = config_from_run_dir(run_dir, {})
-                r = {"curve": (x, y), "final_train": y[:, -1].tolist(), "eval_det": det,
-                     "wall_s": info["wall_s"], "skipped": info["skipped"],
-                     "code": info.get("code", "unknown"), "load": info.get("load"),
-                     "env_steps": int(x[-1]),
-                     # steady state: median over log rows after the first (compilation
-                     # happens outside the timed chunk, but the first chunk warms caches)
-                     "steps_per_s": float(np.median(sps[1:] if len(sps) > 1 else sps)),
-                     "share_actor": getattr(cfg.algo, "share_actor", None),
-                     "run_dir": str(run_dir)}
-                results[(env, algo)] = r
-                print(f"{env} {NAMES[algo]:7s} {r['env_steps']:,} steps x {args.seeds} seeds | "
-                      f"wall {r['wall_s']:.0f} s{' (earlier run)' if r['skipped'] else ''}"
-                      f"{_load(r)} | "
-                      f"{r['steps_per_s']:,.0f} env-steps/s (all seeds) | final train "
-                      f"{np.mean(r['final_train']):.2f} ± {np.std(r['final_train']):.2f} "
-                      f"{[round(v, 2) for v in r['final_train']]} | det eval "
-                      f"{np.mean(det):.2f} ± {np.std(det):.2f} {[round(v, 2) for v in det]}")
+    grid = [Run((env, algo), f"{env} {NAMES[algo]:7s}", algo, env,
+                budget_settings(args.steps, args.seeds),
+                run_folder(args.runs, env.split("/")[1], algo, args.steps, args.seeds))
+            for env in args.envs for algo in args.algos]
+    with echoed_output() as log:
+        results = run_grid(grid, code, read, report_only=args.report_only,
+                           retrain_unloadable=True)
         figure(out / "mpe_comparison.png", args.envs, args.algos, results)
         print(f"total wall time of this invocation {time.time() - start:.0f} s")
-
-    dump = {f"{env} {algo}": {k: v for k, v in r.items() if k != "curve"}
-            for (env, algo), r in results.items()}
-    (Path(args.runs) / "results.json").write_text(json.dumps(dump, indent=2))
-    if not args.report_only:
-        save_argv(Path(args.runs) / "argv.json", argv)
+    save_results(args, argv, by_name(results, drop=("curve",)))
     write_markdown(out / "mpe_comparison.md", args, results, log.getvalue())
-
-
-def _wrap(text: str) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, 92) + [""]
 
 
 def notes(args, results) -> list[str]:
@@ -236,7 +122,7 @@ def notes(args, results) -> list[str]:
                      "calibration sweep in docs/testing.md (-15.7 and -15.6 at 1M steps, 3 "
                      "seeds, run with older code and different random streams) and the "
                      "README's single-seed MAPPO quick start (-17.5 with the current code). ")
-        out += _wrap(text)
+        out += paragraph(text)
     env = "mpe/simple_speaker_listener"
     if env in args.envs and "ippo" in args.algos and (env, "ippo") in results \
             and "curve" in results[(env, "ippo")]:
@@ -247,7 +133,7 @@ def notes(args, results) -> list[str]:
         lo, hi = (min(finals), max(finals)) if finals else (math.nan, math.nan)
         escaped = [a for a in others
                    if np.mean(results[(env, a)]["final_train"]) > plateau + 2.0]
-        out += _wrap(
+        out += paragraph(
             f"*simple_speaker_listener plateau*: every algorithm first rises quickly to about "
             f"{plateau:.1f} (IPPO's mean between 150k and 350k steps) and stays there until "
             "roughly 400k steps. A plausible reading, not checked here with rollouts, is that "
@@ -264,7 +150,7 @@ def notes(args, results) -> list[str]:
                "when a seed left the plateau, which is why a few seeds cannot order them."
                if np.mean(results[(env, "ippo")]["final_train"])
                < plateau + 2.0 else "having left it as well."))
-    out += _wrap(
+    out += paragraph(
         "The presets were calibrated for MAPPO/IPPO on simple_spread and are used unchanged for "
         "every algorithm and both tasks (HATRPO: kl_threshold 0.005); none of the algorithms "
         "was tuned here, so these numbers say how each behaves at these shared settings, not "
@@ -277,10 +163,6 @@ def notes(args, results) -> list[str]:
 PUBLISHED = {"mpe/simple_spread": "HARL on PettingZoo's simple_spread at 10M steps, sum over "
                                   "the 3 agents: MAPPO ≈ −58, HAPPO ≈ −62 (≈ −19.3, −20.7 as "
                                   "a mean over agents)"}
-
-
-def _minus(value: float) -> str:
-    return f"{value:.1f}".replace("-", "−")
 
 
 def results_rows(args, results) -> list[str]:
@@ -302,7 +184,7 @@ def results_rows(args, results) -> list[str]:
                       f"{NAMES[best]}, the rest within seed noise")
         failed = [NAMES[a] for a in args.algos if a not in done]
         parts.append(f"{env.split('/')[1]}: "
-                     + ", ".join(f"{NAMES[a]} {_minus(np.mean(done[a]['final_train']))}"
+                     + ", ".join(f"{NAMES[a]} {with_minus(np.mean(done[a]['final_train']))}"
                                  for a in order)
                      + f" ({separation}" + (f"; failed: {', '.join(failed)}" if failed else "")
                      + ")")
@@ -322,14 +204,6 @@ def results_rows(args, results) -> list[str]:
         differs="HARL sums over agents (its mean over agents is in brackets) and trains on "
                 "PettingZoo's simple_spread for 10M steps; ours is JaxMARL's port at the "
                 "presets' budget")]
-
-
-def _load(r) -> str:
-    return f" (load {r['load'][0]:.1f}->{r['load'][1]:.1f})" if r.get("load") else ""
-
-
-def _pm(values, digits=2):
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
 def write_markdown(path: Path, args, results, output: str):
@@ -385,19 +259,14 @@ def write_markdown(path: Path, args, results, output: str):
             "| load before→after |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for algo in args.algos:
-            r = results.get((env, algo), {"error": "not run"})
-            if "error" in r:
-                lines.append(f"| {NAMES[algo]} | failed: {r['error']} | | | | | | | |")
-                continue
-            lines.append(
-                f"| {NAMES[algo]} | {np.mean(r['curve'][1][:, 0]):.2f} | {_pm(r['final_train'])} | "
-                f"{_pm(r['eval_det'])} | "
-                f"{', '.join(f'{v:.2f}' for v in r['final_train'])} | "
-                f"{', '.join(f'{v:.2f}' for v in r['eval_det'])} | {r['wall_s']:.0f} | "
-                f"{r['steps_per_s']:,.0f} | "
-                + (f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |" if r.get("load") else "– |"))
-        lines.append("")
+        lines += table_rows(
+            [((env, a), [NAMES[a]]) for a in args.algos], results, 9,
+            lambda key, r: [f"{np.mean(r['curve'][1][:, 0]):.2f}", mean_sd(r["final_train"]),
+                            mean_sd(r["eval_det"]),
+                            ", ".join(f"{v:.2f}" for v in r["final_train"]),
+                            ", ".join(f"{v:.2f}" for v in r["eval_det"]), f"{r['wall_s']:.0f}",
+                            f"{r['steps_per_s']:,.0f}", load_cell(r)],
+            absent="failed: not run") + [""]
     lines += [
         "![learning curves](mpe_comparison.png)",
         "",
@@ -407,22 +276,11 @@ def write_markdown(path: Path, args, results, output: str):
     ]
     lines += notes(args, results)
     if args.note:
-        lines += _wrap("**About this run.** " + args.note)
-    lines += [
-        "**Reproduce** (runs are bitwise reproducible on CPU; finished run folders are reused):",
-        "",
-        "```bash",
+        lines += paragraph("**About this run.** " + args.note)
+    lines += command_block([
         f"python experiments/mpe_comparison.py --steps {args.steps} --seeds {args.seeds} "
-        f"--algos {' '.join(args.algos)} --envs {' '.join(args.envs)}",
-        "```",
-        "",
-        f"Output of the run that produced this page ({platform.python_version()}, CPU):",
-        "",
-        "```text",
-        output.rstrip(),
-        "```",
-        "",
-    ]
+        f"--algos {' '.join(args.algos)} --envs {' '.join(args.envs)}"])
+    lines += output_block(output, python_version=True)
     lines += results_rows(args, results) + [""]
     path.write_text("\n".join(lines))
 

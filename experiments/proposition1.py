@@ -24,29 +24,24 @@ arguments and --note of the invocation that saved them).
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
 import math
-import sys
-import textwrap
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import code_version, train_or_skip
-from make_results import require_saved_run, results_row, reuse_saved_argv, save_argv
+from experiment_runs import (Run, command_block, echoed_output, evaluation_returns,
+                             experiment_parser, import_teamrl, new_figure, output_block,
+                             page_folder, paragraph, parse_flags, read_curves, run_folder, run_grid,
+                             save_figure, save_results)
+from make_results import results_row
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = "didactic/split"
 METHODS = {  # label -> (algorithm, settings)
     "MAPPO (shared, no id)": ("mappo", {"share_actor": "true", "agent_id": "false"}),
     "HAPPO": ("happo", {}),
     "HATRPO": ("hatrpo", {}),
 }
-CODE_AT_IMPORT = "unknown"  # set in main() just before teamrl is imported
 
 
 # ------------------------------------------------------------------------------ running
@@ -63,36 +58,12 @@ def final_training_returns(run_dir: Path):
     return returns, int(min(row["episodes"] for row in last.values()))
 
 
-def curves(run_dir: Path):
-    """(env_steps [T], training return_mean [seeds, T])."""
-    from teamrl.runs import read_metrics
-
-    per_seed: dict = {}
-    for row in read_metrics(run_dir):
-        per_seed.setdefault(int(row["seed"]), []).append((row["env_steps"], row["return_mean"]))
-    series = [sorted(v) for _, v in sorted(per_seed.items())]
-    x = np.array([p[0] for p in series[0]])
-    return x, np.array([[p[1] for p in s] for s in series])
-
-
-def evaluate(run_dir: Path, episodes: int, deterministic: bool) -> list[float]:
-    from teamrl.evaluate import evaluate_run
-
-    result = evaluate_run(run_dir, episodes, deterministic, checkpoint="latest")
-    return [row["return_mean"] for row in result["seeds"]]
-
-
 # ------------------------------------------------------------------------------ figure
 def figure(path: Path, ns, results, learning):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colors = {"MAPPO (shared, no id)": "tab:red", "HAPPO": "tab:blue", "HATRPO": "tab:green"}
     offsets = {"MAPPO (shared, no id)": -0.12, "HAPPO": 0.0, "HATRPO": 0.12}
     n_grid = np.linspace(min(ns), max(ns), 200)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (axes,) = new_figure(1, 3, figsize=(15, 4.2))
 
     ax = axes[0]
     for label in METHODS:
@@ -141,28 +112,12 @@ def figure(path: Path, ns, results, learning):
     ax.set_title(f"learning curves, n = {n_max}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ main
-def steps_for(n: int, spec: list[str]) -> int:
-    """``--steps 102400`` for every n, or ``--steps 2:102400 8:204800`` per n (last wins)."""
-    chosen = None
-    for item in spec:
-        if ":" in item:
-            key, value = item.split(":", 1)
-            if int(key) == n:
-                chosen = int(value)
-        else:
-            chosen = int(item)
-    if chosen is None:
-        raise SystemExit(f"--steps gives no budget for n = {n}")
-    return chosen
-
-
-def kl_for(n: int, spec: list[str]):
+def per_n(n: int, spec: list[str]) -> str | None:
+    """The value ``spec`` gives for n: one value for every n, or n:value pairs (last wins)."""
     chosen = None
     for item in spec:
         if ":" in item:
@@ -174,8 +129,16 @@ def kl_for(n: int, spec: list[str]):
     return chosen
 
 
+def steps_for(n: int, spec: list[str]) -> int:
+    """``--steps 102400`` for every n, or ``--steps 2:102400 8:204800`` per n (last wins)."""
+    chosen = per_n(n, spec)
+    if chosen is None:
+        raise SystemExit(f"--steps gives no budget for n = {n}")
+    return int(chosen)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__, runs="/tmp/teamrl_experiments/proposition1")
     parser.add_argument("--ns", type=int, nargs="+", default=[2, 4, 6, 8])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", nargs="+", default=["102400"],
@@ -187,98 +150,64 @@ def main(argv=None):
                         help="subset of mappo happo hatrpo (default: all three)")
     parser.add_argument("--stoch-episodes", type=int, default=4096,
                         help="episodes per seed of the stochastic evaluation")
-    parser.add_argument("--runs", default="/tmp/teamrl_experiments/proposition1")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--note", default="",
-                        help="a paragraph added to the page (e.g. how the runs were made)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rebuild the page from the saved runs")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, argv = parse_flags(parser, argv)
+    out = page_folder(args)
     methods = {k: v for k, v in METHODS.items() if args.algos is None or v[0] in args.algos}
+    code = import_teamrl()
+    from teamrl.envs.didactic import SplitGame
+    from teamrl.train.presets import config_from_run_dir
 
-    # Import before redirecting stdout: importing jaxmarl (via teamrl.envs) resets sys.stdout
-    # to the real stream, which would silently end the capture below.
-    # The code version is taken when teamrl is imported: later edits to the working tree do
-    # not reach this process.
-    global CODE_AT_IMPORT
-    CODE_AT_IMPORT = code_version()
-    import teamrl.envs  # noqa: F401
-    import teamrl.evaluate  # noqa: F401
-    import teamrl.train  # noqa: F401
+    learning = {}  # method -> learning curves (x, y) at the largest n, for the figure
 
-    log = io.StringIO()
+    def read(run: Run, info: dict) -> dict:
+        n, label = run.key
+        det = evaluation_returns(run.run_dir, 32, True)
+        train_ret, train_episodes = final_training_returns(run.run_dir)
+        stoch = evaluation_returns(run.run_dir, args.stoch_episodes, False)
+        cfg = config_from_run_dir(run.run_dir, {})
+        r = {"train": list(train_ret.values()), "train_episodes": train_episodes,
+             "eval_det": det, "eval_stoch": stoch,
+             "wall_s": info["wall_s"], "skipped": info["skipped"],
+             "code": info.get("code", "unknown"),
+             "env_steps": info["env_steps"], "run_dir": str(run.run_dir),
+             "kl": getattr(cfg.algo, "kl_threshold", None),
+             "lr": getattr(cfg.algo, "lr", None)}
+        x, y, _ = read_curves(run.run_dir)
+        reached = np.flatnonzero(y.mean(0) >= 0.9)
+        r["steps_to_0.9"] = int(x[reached[0]]) if reached.size else None
+        if n == max(args.ns):
+            learning[label] = (x, y)
+        print(f"n={n} {label:22s} steps {info['env_steps']:,} "
+              f"wall {info['wall_s']:.0f} s{' (earlier run)' if info['skipped'] else ''}"
+              f" | bound {2.0 / 2.0 ** n:.4f} | det eval "
+              f"{np.mean(det):.3f} {[round(v, 3) for v in det]} | stoch eval "
+              f"{np.mean(stoch):.4f} | train {np.mean(list(train_ret.values())):.4f} "
+              f"{[round(v, 4) for v in train_ret.values()]}")
+        return r
 
-    class Tee(io.TextIOBase):
-        def write(self, text):
-            sys.__stdout__.write(text)
-            sys.__stdout__.flush()
-            return log.write(text)
-
+    setup, grid = {}, []
+    for n in args.ns:
+        steps = steps_for(n, args.steps)
+        setup[n] = {"steps": steps, "bound": 2.0 / 2.0 ** n, "oracle": SplitGame(n).oracle()}
+        for label, (algo, extra) in methods.items():
+            settings = {"n_agents": str(n), "seeds": str(args.seeds),
+                        "total_steps": str(steps), **extra}
+            kl = per_n(n, args.hatrpo_kl) if algo == "hatrpo" else None
+            if kl is not None:
+                settings["kl_threshold"] = kl
+            grid.append(Run((n, label), f"n={n} {label}", algo, ENV, settings,
+                            run_folder(args.runs, f"n{n}", algo, steps, args.seeds,
+                                       f"_kl{kl}" if kl else "")))
     start = time.time()
-    results, learning, setup = {}, {}, {}
-    with redirect_stdout(Tee()):
-        from teamrl.envs.didactic import SplitGame
-
-        for n in args.ns:
-            results[n] = {}
-            steps = steps_for(n, args.steps)
-            oracle = SplitGame(n).oracle()
-            setup[n] = {"steps": steps, "bound": 2.0 / 2.0 ** n, "oracle": oracle}
-            for label, (algo, extra) in methods.items():
-                settings = {"n_agents": str(n), "seeds": str(args.seeds),
-                            "total_steps": str(steps), **extra}
-                kl = kl_for(n, args.hatrpo_kl) if algo == "hatrpo" else None
-                if kl is not None:
-                    settings["kl_threshold"] = kl
-                tag = f"n{n}_{algo}_steps{steps}_seeds{args.seeds}" + (f"_kl{kl}" if kl else "")
-                run_dir = Path(args.runs) / tag
-                if args.report_only:
-                    require_saved_run(run_dir, algo, ENV, settings)
-                info = train_or_skip(run_dir, algo, ENV, settings, CODE_AT_IMPORT)
-                try:
-                    det = evaluate(run_dir, 32, True)
-                except ValueError as err:  # a finished run from older code: train it again
-                    if not info["skipped"] or args.report_only:
-                        raise
-                    print(f"n={n} {label}: earlier run folder not loadable ({err}); retraining")
-                    info = train_or_skip(run_dir, algo, ENV, settings, CODE_AT_IMPORT, force=True)
-                    det = evaluate(run_dir, 32, True)
-                train_ret, train_episodes = final_training_returns(run_dir)
-                stoch = evaluate(run_dir, args.stoch_episodes, False)
-                from teamrl.cli_config import config_from_run_dir
-
-                cfg = config_from_run_dir(run_dir, {})
-                results[n][label] = {
-                    "train": list(train_ret.values()), "train_episodes": train_episodes,
-                    "eval_det": det, "eval_stoch": stoch,
-                    "wall_s": info["wall_s"], "skipped": info["skipped"],
-                    "code": info.get("code", "unknown"),
-                    "env_steps": info["env_steps"], "run_dir": str(run_dir),
-                    "kl": getattr(cfg.algo, "kl_threshold", None),
-                    "lr": getattr(cfg.algo, "lr", None)}
-                x, y = curves(run_dir)
-                reached = np.flatnonzero(y.mean(0) >= 0.9)
-                results[n][label]["steps_to_0.9"] = int(x[reached[0]]) if reached.size else None
-                if n == max(args.ns):
-                    learning[label] = (x, y)
-                print(f"n={n} {label:22s} steps {info['env_steps']:,} "
-                      f"wall {info['wall_s']:.0f} s{' (earlier run)' if info['skipped'] else ''}"
-                      f" | bound {2.0 / 2.0 ** n:.4f} | det eval "
-                      f"{np.mean(det):.3f} {[round(v, 3) for v in det]} | stoch eval "
-                      f"{np.mean(stoch):.4f} | train {np.mean(list(train_ret.values())):.4f} "
-                      f"{[round(v, 4) for v in train_ret.values()]}")
+    with echoed_output() as log:
+        records = run_grid(grid, code, read, report_only=args.report_only, keep_going=False,
+                           retrain_unloadable=True)
+        results = {n: {label: records[(n, label)] for label in methods} for n in args.ns}
         if len(methods) == len(METHODS):
             figure(out / "proposition1.png", args.ns, results, learning)
         print(f"total wall time of this invocation {time.time() - start:.0f} s")
-
-    (Path(args.runs) / "results.json").write_text(json.dumps(
-        {"setup": {str(k): v for k, v in setup.items()},
-         "results": {str(k): v for k, v in results.items()}}, indent=2))
-    if not args.report_only:
-        save_argv(Path(args.runs) / "argv.json", argv)
+    save_results(args, argv, {"setup": {str(k): v for k, v in setup.items()},
+                              "results": {str(k): v for k, v in results.items()}})
     if len(methods) == len(METHODS):
         write_markdown(out / "proposition1.md", args, setup, results, log.getvalue())
 
@@ -341,7 +270,7 @@ def write_markdown(path: Path, args, setup, results, output: str):
         "All three use a centralised critic (lr 3e-3, 5 epochs) on the same constant state.",
         "",
         "Evaluation uses the final (`latest`) checkpoint of every seed: deterministic (greedy",
-        f"actions, 32 episodes, all identical in a one-step game) and stochastic (sampled actions,",
+        "actions, 32 episodes, all identical in a one-step game) and stochastic (sampled actions,",
         f"{args.stoch_episodes} episodes per seed, standard error ≤ 0.008 at the bound for n = 2",
         "and ≈ 0.0014 for n = 8). The training return is the mean episode return of the last",
         "logged chunk (2 updates = 2,048 episodes per seed); *env steps to 0.9* is the first log",
@@ -437,25 +366,14 @@ def write_markdown(path: Path, args, setup, results, output: str):
         + ("The budget was ample for every n, so a larger HATRPO trust region was not needed."
            if not late else
            f"HATRPO needed more than half the budget at n = {', '.join(map(str, late))}."))
-    lines += textwrap.wrap(reading, 92) + [""] + textwrap.wrap(speed, 92) + [""]
+    lines += paragraph(reading) + paragraph(speed)
     if args.note:
-        lines += textwrap.wrap("**About this run.** " + args.note, 92) + [""]
-    lines += [
-        "**Reproduce** (runs are bitwise reproducible on CPU; finished run folders are reused):",
-        "",
-        "```bash",
+        lines += paragraph("**About this run.** " + args.note)
+    lines += command_block([
         "python experiments/proposition1.py --ns " + " ".join(map(str, ns))
         + f" --seeds {args.seeds} --steps " + " ".join(args.steps)
-        + ((" --hatrpo-kl " + " ".join(args.hatrpo_kl)) if args.hatrpo_kl else ""),
-        "```",
-        "",
-        "Output of the run that produced this page:",
-        "",
-        "```text",
-        output.rstrip(),
-        "```",
-        "",
-    ]
+        + ((" --hatrpo-kl " + " ".join(args.hatrpo_kl)) if args.hatrpo_kl else "")])
+    lines += output_block(output)
     lines += results_rows(args, setup, results) + [""]
     path.write_text("\n".join(lines))
 

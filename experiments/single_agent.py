@@ -25,23 +25,20 @@ nothing and writes the page from the finished runs it finds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import DONE_FILE, SAVED, code_version, train_or_skip
+from experiment_runs import (SAVED, Run, add_budget_flags, by_name, code_version, command_block,
+                             experiment_parser, finished, page_folder, parse_flags, run_folder,
+                             run_grid, save_results, steady_rate, table_rows)
 
-ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["tnpg", "trpo", "ppo"]
 TASKS = ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Swimmer-v5"]
 NAMES = {"tnpg": "TNPG", "trpo": "TRPO", "ppo": "PPO"}
-CODE_AT_IMPORT = "unknown"  # set in main() just before teamrl is imported
 
 # Duan et al. 2016, Table 1: rllab's Swimmer, Hopper, Walker and Half-Cheetah (500-step
 # horizon, rllab's own rewards and observations), performance = mean undiscounted return over
@@ -82,10 +79,6 @@ def labels_of(task: str, args) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ runs
-def run_dir_of(runs: Path, task: str, label: str, args) -> Path:
-    return runs / f"{task}_{label}_steps{args.steps}_seeds{args.seeds}"
-
-
 def settings_of(label: str, args) -> dict:
     """The request of one run (``label``: an algorithm, or one with the small-batch suffix): the
     budget, evaluation size, the small batch and any --set overrides."""
@@ -139,14 +132,12 @@ def read_run(run_dir: Path) -> dict:
     return {"final_train": final_train, "lifetime": lifetime, "eval_det": final_eval,
             "env_steps": int(steps[-1]) if steps else 0, "batch": batch,
             "updates": int(steps[-1]) // batch if steps else 0,
-            # steady state: median over log rows after the first (the first warms caches)
-            "steps_per_s": float(np.median(rates[1:] if len(rates) > 1 else rates))
-            if rates else math.nan}
+            "steps_per_s": steady_rate(rates) if rates else math.nan}
 
 
 def interval(values) -> tuple[float, float, float]:
-    """Mean over seeds and its 95 % percentile-bootstrap interval (teamrl.stats)."""
-    from teamrl.stats import mean_interval
+    """Mean over seeds and its 95 % percentile-bootstrap interval (teamrl.analysis.stats)."""
+    from teamrl.analysis.stats import mean_interval
 
     values = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
     if values.size == 0:
@@ -263,7 +254,8 @@ def write_markdown(path: Path, args, results: dict, code: str, wall: float, log:
         f"end ({args.episodes} episodes per seed, mean action); *all training*: per seed, "
         "the mean return over every training episode of the run, the form of Duan et al.'s "
         "metric (on their 25M-step budget, not ours). Each cell is the mean over seeds with "
-        "a 95 % percentile-bootstrap interval over seeds (`teamrl.stats.mean_interval`, 2,000 "
+        "a 95 % percentile-bootstrap interval over seeds "
+        "(`teamrl.analysis.stats.mean_interval`, 2,000 "
         f"resamples; with {args.seeds} seed(s) it cannot reach beyond the seeds' own range, so "
         "read it as the spread of the seeds). *Env-steps/s*: median over log chunks after the "
         "first, all seeds together, on the 2-core CPU machine shared with other jobs.",
@@ -289,46 +281,39 @@ def write_markdown(path: Path, args, results: dict, code: str, wall: float, log:
         "final training | published | env-steps/s | wall |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for task in args.tasks:
-        for label in labels_of(task, args):
-            r = results.get((task, label))
-            if r is None:
-                lines.append(f"| {task} | {name_of(label)} | not run | | | | | | |")
-                continue
-            if "error" in r:
-                lines.append(f"| {task} | {name_of(label)} | failed: {r['error']} | | | | | "
-                             "| |")
-                continue
-            if SMALL in label:
-                published = "–"
-            elif label in DUAN_TABLE1:
-                published = f"{DUAN_TABLE1[label][task]} (Duan et al., rllab, 25M-step mean)"
-            else:
-                published = f"≈{PPO_FIG3[task]} (PPO paper Fig. 3, -v1, 1M)"
-            minutes = f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "–"
-            lines.append(
-                f"| {task} | {name_of(label)} | {_ci(r['final_train'])} | "
-                f"{_ci(r['eval_det'])} | "
-                f"{_ci(r['lifetime'])} | "
-                + ", ".join(f"{v:.0f}" for v in r["final_train"])
-                + f" | {published} | {r['steps_per_s']:,.0f} | {minutes} |")
+
+    def numbers(key, r) -> list[str]:
+        task, label = key
+        if SMALL in label:
+            published = "–"
+        elif label in DUAN_TABLE1:
+            published = f"{DUAN_TABLE1[label][task]} (Duan et al., rllab, 25M-step mean)"
+        else:
+            published = f"≈{PPO_FIG3[task]} (PPO paper Fig. 3, -v1, 1M)"
+        return [_ci(r["final_train"]), _ci(r["eval_det"]), _ci(r["lifetime"]),
+                ", ".join(f"{v:.0f}" for v in r["final_train"]), published,
+                f"{r['steps_per_s']:,.0f}",
+                f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "–"]
+
+    lines += table_rows([((task, label), [task, name_of(label)]) for task in args.tasks
+                         for label in labels_of(task, args)], results, 9, numbers,
+                        absent="not run")
     lines += [
         "",
         "![learning curves](single_agent.png)",
         "",
         "*Training return (`return_mean`) against env steps per seed: mean over seeds, band = "
-        "95 % bootstrap interval over seeds (`teamrl.plots.plot_runs`).*",
+        "95 % bootstrap interval over seeds (`teamrl.analysis.plots.plot_runs`).*",
         "",
-        "**Reproduce** (finished run folders with the same request are reused; "
-        "`--report-only` rewrites this page from them):",
-        "",
-        "```bash",
-        f"python experiments/single_agent.py --steps {args.steps} --seeds {args.seeds} "
-        f"--tasks {' '.join(args.tasks)} --algos {' '.join(args.algos)}"
-        + (f" --small-batch {' '.join(args.small_batch)}" if args.small_batch else "")
-        + (f" --set {' '.join(args.set)}" if args.set else ""),
-        "```",
-        "",
+    ]
+    lines += command_block(
+        [f"python experiments/single_agent.py --steps {args.steps} --seeds {args.seeds} "
+         f"--tasks {' '.join(args.tasks)} --algos {' '.join(args.algos)}"
+         + (f" --small-batch {' '.join(args.small_batch)}" if args.small_batch else "")
+         + (f" --set {' '.join(args.set)}" if args.set else "")],
+        heading="**Reproduce** (finished run folders with the same request are reused; "
+                "`--report-only` rewrites this page from them):")
+    lines += [
         f"teamrl at commit {code} (`+dirty`: uncommitted edits in the working tree); "
         + ("this page was rewritten from finished runs (`--report-only`)." if args.report_only
            else f"this invocation took {wall / 60:.1f} min."),
@@ -341,25 +326,21 @@ def write_markdown(path: Path, args, results: dict, code: str, wall: float, log:
 
 # ------------------------------------------------------------------------------ main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser = experiment_parser(__doc__, runs=SAVED / "single_agent", note=False,
+                               report_only="train nothing; report the finished runs found "
+                                           "under --runs")
+    add_budget_flags(parser, steps=1_000_000, algos=ALGOS, episodes=10,
+                     episodes_help="deterministic evaluation episodes per seed at the end")
     parser.add_argument("--tasks", nargs="+", default=TASKS,
                         help="Gymnasium ids (the published columns cover the default four)")
-    parser.add_argument("--episodes", type=int, default=10,
-                        help="deterministic evaluation episodes per seed at the end")
     parser.add_argument("--small-batch", nargs="*", default=[], metavar="TASK",
                         help="on these tasks also run TRPO with 4 envs (4,000 steps per update "
                              "instead of 50,000)")
     parser.add_argument("--set", nargs="*", default=[], metavar="[ALGO:]KEY=VALUE",
                         help="extra settings for every run, or only ALGO's (e.g. "
                              "trpo:num_envs=10); part of the request a finished run must match")
-    parser.add_argument("--runs", default=str(SAVED / "single_agent"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing; report the finished runs found under --runs")
-    args = parser.parse_args(argv)
+    # No argv.json: --report-only reports whatever finished runs match the arguments given.
+    args, _ = parse_flags(parser, argv, reuse_saved=False)
     unknown = [t for t in args.tasks + args.small_batch if t not in PPO_FIG3]
     if unknown:
         parser.error(f"--tasks {' '.join(unknown)}: no published numbers for these; valid: "
@@ -370,65 +351,45 @@ def main(argv=None):
                      + " ".join(args.tasks))
     for algo in args.algos:
         settings_of(algo, args)  # a malformed --set stops here, before anything is written
-    out, runs = Path(args.out), Path(args.runs)
-    out.mkdir(parents=True, exist_ok=True)
-    runs.mkdir(parents=True, exist_ok=True)
-
-    global CODE_AT_IMPORT
-    CODE_AT_IMPORT = code_version()  # taken before teamrl is imported (see mpe_comparison.py)
-    from teamrl.plots import plot_runs
+    out = page_folder(args)
+    code = code_version()  # before teamrl is imported: the code these runs train with
+    from teamrl.analysis.plots import plot_runs
 
     start = time.time()
-    results, run_dirs, log = {}, [], []
+    log = []
 
     def say(text: str):
         print(text, flush=True)
         log.append(text)
 
-    for task in args.tasks:
-        for label in labels_of(task, args):
-            algo = label.partition(SMALL)[0]
-            env_id = f"gymnasium/{task}"
-            run_dir = run_dir_of(runs, task, label, args)
-            settings = settings_of(label, args)
-            name = name_of(label)
-            try:
-                if args.report_only:
-                    done = run_dir / DONE_FILE
-                    if not done.is_file():
-                        say(f"{task} {name}: no finished run in {run_dir}; left out")
-                        continue
-                    info = json.loads(done.read_text())
-                    if info.get("request", {}).get("settings") != settings:
-                        say(f"{task} {name}: {run_dir} finished with other settings "
-                            f"{info.get('request', {}).get('settings')}; left out")
-                        continue
-                else:
-                    info = train_or_skip(run_dir, algo, env_id, settings, CODE_AT_IMPORT)
-                r = read_run(run_dir)
-            except Exception as err:  # report and go on with the other runs
-                results[(task, label)] = {"error": f"{type(err).__name__}: {err}"}
-                say(f"{task} {name} FAILED: {type(err).__name__}: {err}")
-                traceback.print_exc(file=sys.stderr)
-                continue
-            r.update(wall_s=info.get("wall_s"), code=info.get("code", "unknown"),
-                     load=info.get("load"), run_dir=str(run_dir))
-            results[(task, label)] = r
-            run_dirs.append((run_dir, name))
-            load = (f", load {r['load'][0]:.1f}->{r['load'][1]:.1f}" if r.get("load") else "")
-            say(f"{task} {name:4s} {r['env_steps']:,} steps x {args.seeds} seed(s) | "
-                f"final train {_ci(r['final_train'])} | det eval {_ci(r['eval_det'])} | "
-                f"{r['steps_per_s']:,.0f} env-steps/s (all seeds) | wall "
-                f"{(r['wall_s'] or 0):.0f} s{' (earlier run)' if info.get('skipped') else ''}"
-                f"{load}")
-    if run_dirs:
-        plot_runs([d for d, _ in run_dirs], out / "single_agent.png",
-                  labels=[n for _, n in run_dirs])
-    (runs / "results.json").write_text(json.dumps(
-        {f"{t} {a}": r for (t, a), r in results.items()}, indent=2, default=str))
+    def read(run: Run, info: dict) -> dict:
+        r = read_run(run.run_dir)
+        r.update(wall_s=info.get("wall_s"), code=info.get("code", "unknown"),
+                 load=info.get("load"), run_dir=str(run.run_dir))
+        task, label = run.key
+        # a --report-only rebuild trains nothing, so no run is "earlier" than another
+        earlier = info["skipped"] and not args.report_only
+        load = f", load {r['load'][0]:.1f}->{r['load'][1]:.1f}" if r.get("load") else ""
+        say(f"{task} {name_of(label):4s} {r['env_steps']:,} steps x {args.seeds} seed(s) | "
+            f"final train {_ci(r['final_train'])} | det eval {_ci(r['eval_det'])} | "
+            f"{r['steps_per_s']:,.0f} env-steps/s (all seeds) | wall "
+            f"{(r['wall_s'] or 0):.0f} s{' (earlier run)' if earlier else ''}{load}")
+        return r
+
+    grid = [Run((task, label), f"{task} {name_of(label)}", label.partition(SMALL)[0],
+                f"gymnasium/{task}", settings_of(label, args),
+                run_folder(args.runs, task, label, args.steps, args.seeds))
+            for task in args.tasks for label in labels_of(task, args)]
+    results = run_grid(grid, code, read, report_only=args.report_only, unfinished="left out",
+                       say=say)
+    done = finished(results)
+    if done:
+        plot_runs([Path(r["run_dir"]) for r in done.values()], out / "single_agent.png",
+                  labels=[name_of(label) for _, label in done])
+    save_results(args, None, by_name(results))
     codes = sorted({r.get("code", "unknown") for r in results.values() if "code" in r})
     write_markdown(out / "single_agent.md", args, results,
-                   ", ".join(codes) or CODE_AT_IMPORT, time.time() - start, log)
+                   ", ".join(codes) or code, time.time() - start, log)
     print(f"wrote {out / 'single_agent.md'} and {out / 'single_agent.png'}")
 
 

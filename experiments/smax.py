@@ -25,21 +25,15 @@ saved runs (pairs not finished yet read "not run yet").
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from experiment_runs import (SAVED, code_version, evaluate_or_reuse, final_column,
-                             trained_code_and_wall, train_or_skip)
-from make_results import (EXIT_NO_SAVED_RUNS, results_row, reuse_saved_argv, save_argv,
-                          saved_run_finished)
+from experiment_runs import (SAVED, Run, add_budget_flags, add_protocol_flag, budget_settings,
+                             evaluate_or_reuse, experiment_parser, final_column, grid_main,
+                             missing_note, run_facts, run_folder, table_rows, trained_code_and_wall)
+from make_results import results_row
 
-ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ["mappo", "happo", "hatrpo", "a2po"]
 MAPS = ["3m", "2s3z", "5m_vs_6m"]
 NAMES = {"mappo": "MAPPO", "happo": "HAPPO", "hatrpo": "HATRPO", "a2po": "A2PO"}
@@ -48,75 +42,36 @@ PUBLISHED = {("5m_vs_6m", "happo"): "77.5 %", ("5m_vs_6m", "mappo"): "75.0 %"}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2_000_000, help="env steps per seed")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser = experiment_parser(__doc__, runs=SAVED / "smax")
+    add_budget_flags(parser, steps=2_000_000, algos=ALGOS, episodes=32,
+                     episodes_help="deterministic evaluation episodes per seed of the final "
+                                   "policy")
     parser.add_argument("--maps", nargs="+", default=MAPS)
-    parser.add_argument("--episodes", type=int, default=32,
-                        help="deterministic evaluation episodes per seed of the final policy")
-    parser.add_argument("--eval-protocol", default="custom", choices=["custom", "smac"],
-                        help="smac: evaluate 32 episodes every 25 updates during training "
-                        "(the SMAC papers' curves); custom: the presets' cadence")
-    parser.add_argument("--runs", default=str(SAVED / "smax"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--note", default="", help="a sentence added to the page")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rebuild the page from the saved runs")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = reuse_saved_argv(parser, argv, lambda a: Path(a.runs) / "argv.json")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    code = code_version()
-    from teamrl.plots import plot_runs
+    add_protocol_flag(parser, "smac", help="smac: evaluate 32 episodes every 25 updates during "
+                      "training (the SMAC papers' curves); custom: the presets' cadence")
+    # The grid spans sessions: --report-only shows the pairs finished so far.
+    grid_main(parser, argv, "smax", grid, read, write_markdown, y="win_rate",
+              unfinished="not run")
 
-    results, run_dirs = {}, []
-    start = time.time()
-    for map_name in args.maps:
-        for algo in args.algos:
-            env_id = f"smax/{map_name}"
-            settings = {"seeds": str(args.seeds), "total_steps": str(args.steps)}
-            if args.eval_protocol != "custom":
-                # Logged every 5 updates, evaluated every 5 rows: the protocol's 25 updates.
-                settings.update(eval_protocol=args.eval_protocol, log_every="5", eval_every="5")
-            run_dir = Path(args.runs) / f"{map_name}_{algo}_steps{args.steps}_seeds{args.seeds}"
-            if args.report_only and not saved_run_finished(run_dir, algo, env_id, settings):
-                # The grid spans sessions: the page shows the pairs finished so far.
-                results[(map_name, algo)] = {"not_run": True}
-                print(f"{map_name} {NAMES[algo]}: no finished run in {run_dir}; not run yet",
-                      flush=True)
-                continue
-            try:
-                info = train_or_skip(run_dir, algo, env_id, settings, code)
-                det = evaluate_or_reuse(run_dir, args.episodes, True, checkpoint="latest")
-            except Exception as err:  # report and go on with the other runs
-                results[(map_name, algo)] = {"error": f"{type(err).__name__}: {err}"}
-                print(f"{map_name} {NAMES[algo]} FAILED: {type(err).__name__}: {err}",
-                      flush=True)
-                traceback.print_exc(file=sys.stderr)
-                continue
-            run_dirs.append(run_dir)
-            results[(map_name, algo)] = {
-                "train_win_rate": final_column(run_dir, "win_rate"),
-                "eval_win_rate": [s["win_rate"] for s in det["seeds"]],
-                "wall_s": info["wall_s"], "steps_per_s": info.get("steps_per_s"),
-                "load": info.get("load"), "code": info.get("code"), "run_dir": str(run_dir),
-                "network": network_of(run_dir)}
-            r = results[(map_name, algo)]
-            print(f"{map_name} {NAMES[algo]}: training win rate "
-                  f"{np.mean(r['train_win_rate']):.3f} "
-                  f"{[round(v, 3) for v in r['train_win_rate']]}, det eval "
-                  f"{np.mean(r['eval_win_rate']):.3f}, wall {r['wall_s'] / 60:.0f} min",
-                  flush=True)
-    if args.report_only and not run_dirs:
-        raise SystemExit(EXIT_NO_SAVED_RUNS)
-    if run_dirs:
-        plot_runs(run_dirs, out / "smax.png", y="win_rate")
-    (Path(args.runs) / "results.json").write_text(json.dumps(
-        {f"{m} {a}": r for (m, a), r in results.items()}, indent=2))
-    if not args.report_only:
-        save_argv(Path(args.runs) / "argv.json", argv)
-    write_markdown(out / "smax.md", args, results, code, time.time() - start)
+
+def grid(args) -> list[Run]:
+    settings = budget_settings(args.steps, args.seeds, args.eval_protocol)
+    return [Run((map_name, algo), f"{map_name} {NAMES[algo]}", algo, f"smax/{map_name}",
+                settings, run_folder(args.runs, map_name, algo, args.steps, args.seeds))
+            for map_name in args.maps for algo in args.algos]
+
+
+def read(args, run: Run, info: dict) -> dict:
+    """Training win rate (last 10 % of log rows) and deterministic evaluation of the final
+    policy, per seed."""
+    det = evaluate_or_reuse(run.run_dir, args.episodes, True, checkpoint="latest")
+    r = {"train_win_rate": final_column(run.run_dir, "win_rate"),
+         "eval_win_rate": [s["win_rate"] for s in det["seeds"]],
+         **run_facts(info, run.run_dir), "network": network_of(run.run_dir)}
+    print(f"{run.label}: training win rate {np.mean(r['train_win_rate']):.3f} "
+          f"{[round(v, 3) for v in r['train_win_rate']]}, det eval "
+          f"{np.mean(r['eval_win_rate']):.3f}, wall {r['wall_s'] / 60:.0f} min", flush=True)
+    return r
 
 
 def network_of(run_dir: Path) -> str:
@@ -135,20 +90,18 @@ def results_rows(args, results) -> list[str]:
     rate of the final policy."""
     rows = []
     for map_name in args.maps:
-        done = [a for a in args.algos if "eval_win_rate" in results.get((map_name, a), {})]
+        cells = {NAMES[a]: results.get((map_name, a), {}) for a in args.algos}
+        done = {name: r for name, r in cells.items() if "eval_win_rate" in r}
         if not done:
             continue
-        ours = ", ".join(f"{NAMES[a]} {100 * np.mean(results[(map_name, a)]['eval_win_rate']):.1f} %"
-                         for a in done)
-        failed = [NAMES[a] for a in args.algos if "error" in results.get((map_name, a), {})]
-        not_run = [NAMES[a] for a in args.algos if "not_run" in results.get((map_name, a), {})]
+        ours = ", ".join(f"{name} {100 * np.mean(r['eval_win_rate']):.1f} %"
+                         for name, r in done.items())
         published = "; ".join(f"{NAMES[a]} {PUBLISHED[(map_name, a)]}" for a in args.algos
                               if (map_name, a) in PUBLISHED)
         rows.append(results_row(
             claim=f"SMAX {map_name} vs the heuristic enemy: " + ", ".join(
                 NAMES[a] for a in args.algos) + " (shipped presets) win battles",
-            ours=ours + (f" (failed: {', '.join(failed)})" if failed else "")
-            + (f" (not run yet: {', '.join(not_run)})" if not_run else "")
+            ours=ours + missing_note(cells)
             + f"; deterministic evaluation win rate, {args.episodes} episodes per seed, "
               "mean over seeds",
             published=(published + " on SMAC (StarCraft II) at 10M steps (HARL)")
@@ -179,23 +132,12 @@ def write_markdown(path: Path, args, results, code: str, wall: float):
     lines += ["| map | algorithm | training win rate (last 10 % of rows) | deterministic eval "
               "win rate | SMAC, published | networks | wall time (all seeds) |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
-    for map_name in args.maps:
-        for algo in args.algos:
-            r = results.get((map_name, algo))
-            if r is None:
-                continue
-            if "not_run" in r:
-                lines.append(f"| {map_name} | {NAMES[algo]} | not run yet | | | | |")
-                continue
-            if "error" in r:
-                lines.append(f"| {map_name} | {NAMES[algo]} | failed: {r['error']} | | | | |")
-                continue
-            lines.append(
-                f"| {map_name} | {NAMES[algo]} | {100 * np.mean(r['train_win_rate']):.1f} % ± "
-                f"{100 * np.std(r['train_win_rate']):.1f} | "
-                f"{100 * np.mean(r['eval_win_rate']):.1f} % | "
-                f"{PUBLISHED.get((map_name, algo), '–')} | {r.get('network', '–')} | "
-                f"{r['wall_s'] / 60:.0f} min |")
+    lines += table_rows(
+        [((m, a), [m, NAMES[a]]) for m in args.maps for a in args.algos], results, 7,
+        lambda key, r: [f"{100 * np.mean(r['train_win_rate']):.1f} % ± "
+                        f"{100 * np.std(r['train_win_rate']):.1f}",
+                        f"{100 * np.mean(r['eval_win_rate']):.1f} %", PUBLISHED.get(key, "–"),
+                        r.get("network", "–"), f"{r['wall_s'] / 60:.0f} min"])
     lines += ["", "Training win rate: the fraction of finished training episodes that were won, "
               "mean of the last 10 % of log rows per seed (± sd over seeds). Deterministic "
               f"eval: {args.episodes} episodes per seed of the final policy's greedy actions.",

@@ -15,7 +15,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from teamrl.cli_config import base_config  # noqa: E402
+from teamrl.train.presets import base_config  # noqa: E402
 from teamrl.config import ConfigError, apply_overrides  # noqa: E402
 from teamrl.train import make_trainer  # noqa: E402
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from teamrl.cli_config import base_config
+from teamrl.train.presets import base_config
 from teamrl.config import apply_overrides
 from teamrl.train import Trainer, make_trainer
 

@@ -64,11 +64,11 @@ def test_rerun_from_saved_config(tmp_path):
 
 
 def _final_params(run_dir, config_overrides=()):
-    from teamrl.cli_config import config_from_run_dir
-    from teamrl.train import Trainer
+    from teamrl.train.presets import config_from_run_dir
+    from teamrl.train import CompiledTrainer
 
     config = config_from_run_dir(run_dir, {})
-    trainer = Trainer(config)
+    trainer = CompiledTrainer(config)
     runner, meta = runs.load_checkpoint(run_dir, "latest", trainer.init())
     return runner, meta
 

@@ -1,4 +1,4 @@
-"""Data parallelism (teamrl/distributed.py): two simulated CPU devices give the one-device
+"""Data parallelism (teamrl/scale/distributed.py): two simulated CPU devices give the one-device
 run's parameters (shared and sequential updates, vectorised seeds); two processes on loopback
 form one jax.distributed run whose parameters stay identical on every process (checked at
 the end of training), which evaluates and resumes in one process; bad settings are one-line
@@ -63,7 +63,7 @@ def test_two_processes_on_loopback_form_one_run(tmp_path):
     assert (multi / "metrics.csv").is_file() and (multi / "curve.png").is_file()
     # The multi-process run evaluates in one process (teamrl eval ignores the saved
     # placement), and its checkpoint resumes in one process, continuing the step count.
-    from teamrl.evaluate import evaluate_run
+    from teamrl.train.evaluate import evaluate_run
 
     assert np.isfinite(evaluate_run(multi, episodes=2, deterministic=True)["return_mean"])
     assert main(["resume", str(multi), "total_steps=1536", "coordinator=", "num_processes=1",

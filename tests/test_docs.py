@@ -168,8 +168,8 @@ def test_adding_an_algorithm_example_traces(monkeypatch):
     import jax
 
     from teamrl.algos import ALGORITHMS, DESCRIPTIONS
-    from teamrl.cli_config import base_config
-    from teamrl.train import Trainer
+    from teamrl.train.presets import base_config
+    from teamrl.train import CompiledTrainer
 
     page = DOCS / "adding_an_algorithm.md"
     blocks = [body for lang, info, body in code_blocks(page) if "test-algo" in info]
@@ -178,7 +178,7 @@ def test_adding_an_algorithm_example_traces(monkeypatch):
     try:
         exec_block(blocks[0], page, monkeypatch)
         assert "ia2c" in ALGORITHMS and "ia2c" in DESCRIPTIONS
-        trainer = Trainer(base_config("ia2c", "didactic/climbing"))
+        trainer = CompiledTrainer(base_config("ia2c", "didactic/climbing"))
         runner = jax.eval_shape(trainer._init_one, jax.random.PRNGKey(0))
         _, metrics = jax.eval_shape(lambda r: trainer._update(r, None), runner)
         assert {"actor_loss", "value_loss", "entropy"} <= set(metrics)
@@ -222,7 +222,7 @@ def test_relative_links_resolve():
 def test_documented_train_commands_use_valid_settings():
     """Every `teamrl train ALGO ENV key=value ...` in a docs shell block resolves to a valid
     config (unknown keys, wrong types and out-of-range values fail here), without training."""
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import apply_overrides, parse_key_values, validate_section
 
     checked = 0

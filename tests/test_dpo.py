@@ -17,7 +17,7 @@ from teamrl.algos.common import prepare_batch
 from teamrl.algos.dpo import SQRT_EPS, DPOConfig, adapt_coefficient, dpo_agent_losses
 from teamrl.cli import main
 from teamrl.config import ConfigError
-from teamrl.policies import DiagGaussian, MaskedCategorical
+from teamrl.core.policies import DiagGaussian, MaskedCategorical
 
 
 def _log_softmax(x):

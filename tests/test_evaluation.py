@@ -27,7 +27,7 @@ def test_training_records_evaluations_at_fixed_intervals(tmp_path):
     assert all(math.isnan(r["eval_return_stoch"]) for i, r in enumerate(rows)
                if i not in evaluated)
     # The same deterministic number as `teamrl eval` of the final checkpoint.
-    from teamrl.evaluate import evaluate_run
+    from teamrl.train.evaluate import evaluate_run
     final = evaluate_run(out, episodes=8, deterministic=True, checkpoint="latest")
     assert np.isclose(final["return_mean"], rows[-1]["eval_return_det"])
 
@@ -49,7 +49,7 @@ def test_eval_protocol_reaches_the_run(tmp_path):
 
 
 def test_eval_protocol_sets_its_cadence_and_refuses_a_conflict(tmp_path, capsys):
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import ConfigError, apply_overrides, validate_section
 
     config = base_config("happo", "didactic/climbing")

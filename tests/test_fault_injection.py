@@ -203,7 +203,7 @@ def test_resume_not_beyond_the_steps_done_is_refused(finished, capfd):
 
 
 def test_extending_keeps_schedules_over_the_original_horizon(finished):
-    from teamrl.cli_config import config_from_run_dir
+    from teamrl.train.presets import config_from_run_dir
     from teamrl.train import make_trainer, total_updates, with_schedule_horizon
 
     longer = config_from_run_dir(finished, {"total_steps": "1536"})
@@ -238,7 +238,7 @@ def test_live_run_folder_is_locked_against_resume_overwrite_and_sweep(finished, 
         assert f"in use by process {holder.pid}" in _one_line_error(capfd)
         assert (finished / "metrics.csv").is_file()
 
-        from teamrl import sweep
+        from teamrl.cli import sweep
 
         plan = sweep.RunPlan(**{**_a_plan(tmp_path).__dict__, "run_dir": finished})
         sweep.inspect_run(plan)
@@ -251,7 +251,7 @@ def test_live_run_folder_is_locked_against_resume_overwrite_and_sweep(finished, 
 
 
 def _a_plan(tmp_path):
-    from teamrl import sweep
+    from teamrl.cli import sweep
 
     file = tmp_path / "s.yaml"
     file.write_text(f"out: {tmp_path / 'sw'}\nalgos: [ippo]\nenvs: [didactic/climbing]\n"

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from teamrl import install
+from teamrl.cli import install
 from teamrl.cli import main
 from teamrl.envs.football import EPISODE_METRICS, EpisodeTracker
 from teamrl.envs.registry import default_env_options, make_env

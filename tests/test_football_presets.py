@@ -16,7 +16,7 @@ import jax
 import pytest
 
 from teamrl.algos import ALGORITHMS
-from teamrl.cli_config import base_config
+from teamrl.train.presets import base_config
 from teamrl.config import list_presets, preset_paths, validate_section
 from teamrl.envs.football import EPISODE_METRICS, SCENARIOS, game_duration
 from teamrl.envs.registry import list_env_ids

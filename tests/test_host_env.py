@@ -213,7 +213,7 @@ def test_failing_env_on_a_ray_actor_names_the_actor_and_its_traceback():
 
 # ------------------------------------------------------------------------------- training
 def _host_config(tmp_path, algo="happo", env_id="mamujoco/HalfCheetah-2x3", **overrides):
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import apply_overrides
 
     config = base_config(algo, env_id)
@@ -242,7 +242,7 @@ def test_training_identical_with_1_and_2_workers_and_ray_actors(tmp_path):
 
 def test_killed_worker_stops_training_with_intact_checkpoint(tmp_path, monkeypatch):
     from teamrl import runs
-    from teamrl.rollout import HostCollector
+    from teamrl.core.rollout import HostCollector
     from teamrl.train import TrainingStopped, make_trainer, train
 
     calls = {"n": 0}
@@ -326,9 +326,9 @@ def test_render_mamujoco_gif_and_missing_gl_backend(tmp_path):
 def test_render_mpe_gif_and_bad_requests(tmp_path):
     import imageio.v2 as imageio
 
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import ConfigError, apply_overrides
-    from teamrl.evaluate import render_run
+    from teamrl.train.evaluate import render_run
     from teamrl.train import train
 
     config = base_config("mappo", "mpe/simple_spread")

@@ -68,7 +68,7 @@ def test_hung_worker_is_reported_and_killed(tmp_path):
 
 def test_hung_worker_stops_training_with_intact_checkpoint(tmp_path, monkeypatch):
     from teamrl import runs
-    from teamrl.rollout import HostCollector
+    from teamrl.core.rollout import HostCollector
     from teamrl.train import TrainingStopped, make_trainer, train
 
     pids = []

@@ -1,4 +1,4 @@
-"""The host runner's NumPy action call (teamrl.host_policy) against the jitted one it
+"""The host runner's NumPy action call (teamrl.train.host_policy) against the jitted one it
 replaces: the same actions and log-probabilities from the same keys, for every network option
 it mirrors (shared and stacked actors, activations, LayerNorm, input norm, observation
 normalisation, discrete and continuous actions), and training through it."""
@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teamrl.cli_config import base_config
+from teamrl.train.presets import base_config
 from teamrl.config import apply_overrides
 from teamrl.envs.spec import TeamObs
-from teamrl.host_policy import numpy_policy
+from teamrl.train.host_policy import numpy_policy
 from teamrl.train import build
 
 CASES = {

@@ -23,7 +23,7 @@ import pytest
 
 from teamrl import runs
 from teamrl.cli import main
-from teamrl.evaluate import evaluate_run
+from teamrl.train.evaluate import evaluate_run
 
 pytestmark = pytest.mark.slow
 

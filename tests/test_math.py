@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teamrl.advantages import RunningNorm, gae
-from teamrl.policies import DiagGaussian, MaskedCategorical
+from teamrl.core.advantages import RunningNorm, gae
+from teamrl.core.policies import DiagGaussian, MaskedCategorical
 
 
 def test_gae_hand_computed_with_termination_and_truncation():

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from support import rollout_batch, trainer_for
-from teamrl import replay, runs
+from teamrl.core import replay
+from teamrl import runs
 from teamrl.algos.i2q import expectile_loss
 from teamrl.algos.i2q_continuous import ContinuousI2Q, model_loss
 from teamrl.algos.iql import epsilon_greedy, linear_epsilon, masked_argmax, q_learning_target
@@ -22,7 +23,7 @@ from teamrl.algos.tabular.qlearning import matrix_game, train, tree_game
 from teamrl.cli import main
 from teamrl.envs.didactic import overgeneralisation
 from teamrl.envs.spec import TeamObs
-from teamrl.evaluate import evaluate_run
+from teamrl.train.evaluate import evaluate_run
 
 
 # ------------------------------------------------------------------------ replay buffer

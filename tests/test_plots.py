@@ -8,7 +8,7 @@ import pytest
 
 from teamrl import runs
 from teamrl.cli import main
-from teamrl.plots import (bootstrap_mean_ci, common_grid, group_curves, interpolate_curves,
+from teamrl.analysis.plots import (bootstrap_mean_ci, common_grid, group_curves, interpolate_curves,
                           load_runs, run_seed_curves)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -202,7 +202,7 @@ def test_seeds_that_share_no_range_are_not_plotted(tmp_path):
 
 
 def test_labels_split_runs_of_one_algorithm_and_must_match_the_folders(tmp_path):
-    from teamrl.plots import PlotInputError, plot_runs
+    from teamrl.analysis.plots import PlotInputError, plot_runs
 
     steps = [1000, 2000, 3000]
     a = fake_run(tmp_path / "a", "trpo", "gymnasium/Hopper-v5", {0: linear(0, steps)})

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from support import trainer_for
-from teamrl.policies import soft_clip, soft_clip_inverse
+from teamrl.core.policies import soft_clip, soft_clip_inverse
 
 BOUNDS = [(-5.0, 2.0), (-20.0, 2.0), (-1.0, 0.2)]  # default, the A2PO preset, a narrow one
 

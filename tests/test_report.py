@@ -9,7 +9,7 @@ import pytest
 
 from teamrl import runs
 from teamrl.cli import main
-from teamrl.report import FILES, final_score
+from teamrl.analysis.report import FILES, final_score
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADER = ["seed", "env_steps", "updates", "return_mean", "eval_return_det", "eval_return_stoch"]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from teamrl import runs
-from teamrl.plots import plot_learning_curve
-from teamrl.progress import ProgressReporter
+from teamrl.analysis.plots import plot_learning_curve
+from teamrl.train.progress import ProgressReporter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,8 +12,8 @@ from support import rollout_batch, trainer_for
 from teamrl.algos.common import prepare_batch
 from teamrl.config import NetworkConfig
 from teamrl.envs.registry import list_env_ids, make_env
-from teamrl.nets import GRUNet, RecurrentInput
-from teamrl.policies import MaskedCategorical
+from teamrl.core.nets import GRUNet, RecurrentInput
+from teamrl.core.policies import MaskedCategorical
 
 SMAX_IDS = [e for e in list_env_ids() if e.startswith("smax/")]
 
@@ -269,7 +269,7 @@ def test_network_config_defaults_are_feed_forward():
 # -------------------------------------------------------------------------------- win rate
 def test_win_rate_in_metrics_and_evaluation(tmp_path, capsys):
     from teamrl.cli import main
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import apply_overrides
     from teamrl.train import train
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from teamrl.cli_config import base_config
+from teamrl.train.presets import base_config
 from teamrl.config import list_presets, preset_paths
 from teamrl.envs.registry import list_env_ids
 from teamrl.train import make_trainer

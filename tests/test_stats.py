@@ -1,11 +1,11 @@
-"""teamrl.stats: IQM, stratified bootstrap intervals, probability of improvement and
+"""teamrl.analysis.stats: IQM, stratified bootstrap intervals, probability of improvement and
 performance profiles against hand computations and synthetic data."""
 
 import numpy as np
 import pytest
 import scipy.stats
 
-from teamrl import stats
+from teamrl.analysis import stats
 
 # ------------------------------------------------------------------ IQM
 

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from teamrl import runs, sweep
+from teamrl import runs
+
+from teamrl.cli import sweep
 from teamrl.cli import main
 
 # 2 updates of 128 steps of the smallest programs (no evaluation: the reports use return_mean)

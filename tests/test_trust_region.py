@@ -14,15 +14,15 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from support import rollout_batch, trainer_for
-from teamrl.advantages import corrected_gae, gae
+from teamrl.core.advantages import corrected_gae, gae
 from teamrl.algos.a2po import adaptive_clip, semi_greedy_order
 from teamrl.algos.common import ppo_update, prepare_batch
 from teamrl.algos.coppo import coppo_surrogate
 from teamrl.algos.sequential import (actor_data, agent_columns, log_ratio, masked_mean,
                                      ppo_agent_step, sequential_actor_update, take_agent)
 from teamrl.envs.didactic import expected_clipped_product
-from teamrl.policies import DiagGaussian, MaskedCategorical
-from teamrl.trust_region import (TrustRegionConfig, conjugate_gradient, gauss_newton_fvp,
+from teamrl.core.policies import DiagGaussian, MaskedCategorical
+from teamrl.core.trust_region import (TrustRegionConfig, conjugate_gradient, gauss_newton_fvp,
                                  trust_region_step)
 
 # jax 0.10 has jax.enable_x64 and no longer jax.experimental.enable_x64; jax 0.6 only the latter.

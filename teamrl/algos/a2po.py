@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from teamrl.advantages import corrected_gae
+from teamrl.core.advantages import corrected_gae
 from teamrl.algos.common import (OnPolicyActorCritic, PPOConfig, critic_update,
                                  from_sequences, normalise_advantages, random_permutation,
                                  recurrent_data, to_sequences)

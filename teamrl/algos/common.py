@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from teamrl.advantages import RunningNorm, gae
+from teamrl.core.advantages import RunningNorm, gae
 from teamrl.config import ConfigError, NetworkConfig, option
 from teamrl.envs.spec import TeamObs, TeamSpec
-from teamrl.nets import Actor, Critic, RecurrentInput, sequence_length
-from teamrl.rollout import Batch, Memory
+from teamrl.core.nets import Actor, Critic, RecurrentInput, sequence_length
+from teamrl.core.rollout import Batch, Memory
 
 
 @dataclass

@@ -14,7 +14,7 @@ from teamrl.algos.common import (ActorCriticConfig, OnPolicyActorCritic, critic_
                                  prepare_batch, random_permutation)
 from teamrl.algos.sequential import actor_data, masked_mean, sequential_actor_update
 from teamrl.config import option
-from teamrl.trust_region import TrustRegionConfig, trust_region_step
+from teamrl.core.trust_region import TrustRegionConfig, trust_region_step
 
 
 @dataclass

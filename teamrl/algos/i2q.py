@@ -45,7 +45,7 @@ import jax.numpy as jnp
 
 from teamrl.algos.iql import IQL, IQLConfig, take_action
 from teamrl.config import option
-from teamrl.nets import AgentStack
+from teamrl.core.nets import AgentStack
 
 
 @dataclass

@@ -66,8 +66,8 @@ from teamrl.algos.common import masked_mean
 from teamrl.algos.iql import IQL, QTrainState
 from teamrl.config import ConfigError
 from teamrl.envs.spec import TeamObs
-from teamrl.nets import MLP, AgentStack
-from teamrl.rollout import Batch
+from teamrl.core.nets import MLP, AgentStack
+from teamrl.core.rollout import Batch
 
 
 class ResidualModel(nn.Module):

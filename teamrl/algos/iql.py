@@ -41,13 +41,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from teamrl import replay
+from teamrl.core import replay
 from teamrl.algos.common import AgentOptimizer
 from teamrl.config import ConfigError, NetworkConfig, option
 from teamrl.envs.spec import TeamObs, TeamSpec
-from teamrl.nets import MLP, AgentStack
-from teamrl.policies import MaskedCategorical
-from teamrl.rollout import Batch
+from teamrl.core.nets import MLP, AgentStack
+from teamrl.core.policies import MaskedCategorical
+from teamrl.core.rollout import Batch
 
 
 @dataclass

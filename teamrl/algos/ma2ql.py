@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from teamrl import replay
+from teamrl.core import replay
 from teamrl.algos.iql import IQL, IQLConfig, QTrainState, agent_major, put_agent, take_agent
 from teamrl.config import ConfigError, option
 

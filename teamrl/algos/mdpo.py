@@ -38,16 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from teamrl.advantages import RunningNorm
+from teamrl.core.advantages import RunningNorm
 from teamrl.algos.common import (AgentOptimizer, OnPolicyActorCritic, PPOConfig,
                                  random_permutation)
 from teamrl.algos.dpo import DPO, DPOConfig
 from teamrl.algos.ippo import IPPO, IPPOConfig
 from teamrl.config import ConfigError, option
 from teamrl.envs.spec import TeamObs
-from teamrl.nets import MLP
-from teamrl.policies import soft_clip
-from teamrl.rollout import Batch
+from teamrl.core.nets import MLP
+from teamrl.core.policies import soft_clip
+from teamrl.core.rollout import Batch
 
 INNER = {"ippo": (IPPO, IPPOConfig), "dpo": (DPO, DPOConfig)}
 INNER_EPOCHS = {"ippo": 5, "dpo": 15}  # the base algorithms' own defaults

@@ -17,7 +17,7 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-from teamrl.advantages import RunningNorm
+from teamrl.core.advantages import RunningNorm
 from teamrl.envs.spec import TeamObs, TeamSpec
 
 

@@ -2,7 +2,7 @@
 controlled left-team players (``football/<scenario>``).
 
 Imported by worker processes: gfootball, gym 0.25 and NumPy only, no JAX. gfootball is built
-by ``teamrl install football`` (see ``teamrl/install.py``); this module's scenario table does
+by ``teamrl install football`` (see ``teamrl/cli/install.py``); this module's scenario table does
 not need it, so env ids are listed without it.
 
 - Observations: gfootball's ``simple115v2`` (default) or ``simple115`` vector per controlled

@@ -5,7 +5,7 @@ probe instance) and creates :class:`HostVectorEnv` s: E environments stepped eit
 process (``workers=0``) or spread over W worker processes (``teamrl.envs.host_worker``) that
 read actions from and write observations to shared memory. Each step costs one pipe message
 per worker; the learner computes every environment's and agent's actions in one jitted call
-(``teamrl.rollout.HostCollector``).
+(``teamrl.core.rollout.HostCollector``).
 
 Determinism: environment i is reset with seed ``seed + i`` at the start and continues its own
 random stream through later episodes, so results do not depend on how many workers share the
@@ -29,12 +29,9 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
+from teamrl.envs.host_base import HostEnvError, VectorEnvBase
 from teamrl.envs.host_worker import EnvRecipe, TeamAdapter, TeamBuffers, TeamLayout, worker_main
-from teamrl.envs.spec import TeamObs, TeamSpec
-
-
-class HostEnvError(RuntimeError):
-    """A host environment or one of its worker processes failed; the message says which."""
+from teamrl.envs.spec import TeamSpec
 
 
 def default_workers(num_envs: int) -> int:
@@ -244,35 +241,6 @@ class HostTeamEnv:
         if workers < 0:
             workers = default_workers(num_envs)
         return HostVectorEnv(self.recipe, self.layout, num_envs, workers, self.step_timeout)
-
-
-class VectorEnvBase:
-    """What every vector of host envs shares: reading observations out of ``buffers``, and
-    closing on exit (subclasses define ``buffers`` and ``close``)."""
-
-    buffers: TeamBuffers
-
-    def observation(self, final: bool = False) -> TeamObs:
-        """A copy of the current (or final) observation: TeamObs of [E, ...] NumPy arrays."""
-        p = "final_" if final else ""
-        b = self.buffers
-        return TeamObs(*(getattr(b, p + name).copy() for name in ("obs", "state", "avail",
-                                                                  "alive")))
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 class HostVectorEnv(VectorEnvBase):

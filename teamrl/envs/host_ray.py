@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from teamrl.envs.host_env import HostEnvError, VectorEnvBase
+from teamrl.envs.host_base import HostEnvError, VectorEnvBase
 from teamrl.envs.host_worker import EnvRecipe, TeamAdapter, TeamBuffers, TeamLayout
 
 # The rows an actor sends back after reset and step (everything but the actions).
@@ -68,7 +68,7 @@ class RayVectorEnv(VectorEnvBase):
 
     def __init__(self, recipe: EnvRecipe, layout: TeamLayout, num_envs: int, workers: int,
                  address: str = "", step_timeout: float = 60.0):
-        from teamrl.ray_cluster import connect
+        from teamrl.scale.ray_cluster import connect
 
         self.ray = ray = connect(address)
         if workers < 1:

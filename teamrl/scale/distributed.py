@@ -53,7 +53,7 @@ def initialize(run) -> None:
 
     if xla_bridge.backends_are_initialized():
         raise ConfigError("a multi-process run must join before JAX starts its backend: call "
-                          "teamrl.distributed.initialize(run) before building environments "
+                          "teamrl.scale.distributed.initialize(run) before building environments "
                           "(jaxmarl computes arrays on import); the teamrl CLI does this")
     _lobby(run, host, int(port))
     # CPU devices of different processes talk through gloo (XLA's default CPU client has no

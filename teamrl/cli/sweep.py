@@ -29,7 +29,7 @@ what happens to it (:func:`inspect_run`):
   results.
 
 Outside the folders: ``out/logs/<run>.log`` (each attempt's stdout and stderr, appended),
-``out/report/`` (:func:`teamrl.report.write_report` over the finished runs, one sub-folder per
+``out/report/`` (:func:`teamrl.analysis.report.write_report` over the finished runs, one sub-folder per
 grid point when there is a grid: the report groups runs by algorithm, so runs of different grid
 points must not be pooled), ``out/aside/`` (see :func:`prepare_folder`), ``out/.jax_cache``.
 """
@@ -67,9 +67,9 @@ _IGNORED = ({"run.out", "run.overwrite"} | {f"run.{k}" for k in RESUME_KEYS}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 MAX_NAME = 120
 STOP_GRACE_S = 30.0
-# Runs `teamrl ARGS` pinned (see _launch). -P: `-m` would put the working directory first on
+# Runs `teamrl ARGS` pinned (see teamrl.cli.launch). -P: `-m` would put the working directory first on
 # sys.path, so a yaml.py (or any module name) there would be imported by every run.
-LAUNCHER = (sys.executable, "-P", "-m", "teamrl.sweep")
+LAUNCHER = (sys.executable, "-P", "-m", "teamrl.cli.launch")
 
 
 # ------------------------------------------------------------------------------ the file
@@ -189,7 +189,7 @@ def load_sweep(path) -> SweepSpec:
 
 def _report_options(path, report: dict) -> dict:
     from teamrl.config import coerce
-    from teamrl.report import DEFAULT_METRIC, read_norm_file
+    from teamrl.analysis.report import DEFAULT_METRIC, read_norm_file
 
     options = {"metric": str(report.get("metric") or DEFAULT_METRIC),
                "resamples": coerce("resamples", report.get("resamples", 2000), int),
@@ -257,7 +257,7 @@ def plan_runs(spec: SweepSpec) -> list[RunPlan]:
     types, ranges, algorithm/env compatibility), in launch order, each with its folder's
     state. Seed-major order: the first runs cover every (algo, env, grid point) once, so early
     results span the grid and later seeds reuse those compiled programs (``.jax_cache``)."""
-    from teamrl.cli_config import base_config
+    from teamrl.train.presets import base_config
     from teamrl.config import apply_overrides
     from teamrl.train import build
 
@@ -601,7 +601,7 @@ def _start(plan: RunPlan, out, jobs, slots, slot, log, backend: str = "local") -
     # A session of its own: a terminal's Ctrl-C reaches only the sweep, which stops the runs
     # itself (so it knows they were interrupted rather than failed).
     if backend == "ray":
-        from teamrl.ray_cluster import RayRun
+        from teamrl.scale.ray_cluster import RayRun
 
         log_file.close()  # the task appends to the log on its node
         # Only what the sweep sets travels: the node keeps its own PATH and environment.
@@ -651,7 +651,7 @@ def write_reports(spec: SweepSpec, finished: list[RunPlan]) -> list[tuple[pathli
     """`teamrl report` over the finished runs into ``out/report`` (``out/report/<grid point>``
     per grid point: the report pools run folders by algorithm name, so each grid point gets its
     own comparison of algorithms). Returns ``[(folder, result)]``; raises ReportInputError."""
-    from teamrl.report import write_report
+    from teamrl.analysis.report import write_report
 
     groups: dict[str, list[RunPlan]] = {}
     for plan in finished:
@@ -671,14 +671,14 @@ def run_sweep(path, jobs: int = 1, dry_run: bool = False, log=_say, backend: str
     """The `teamrl sweep` command: check, plan, run, report; returns the exit code (0 all
     finished, 1 a run or the report failed, 130 interrupted). Raises ConfigError on bad input
     or a conflicting folder, before anything is launched or written. ``backend="ray"`` runs
-    the runs as Ray tasks (:mod:`teamrl.ray_cluster`) on the cluster at ``address`` (empty: a
+    the runs as Ray tasks (:mod:`teamrl.scale.ray_cluster`) on the cluster at ``address`` (empty: a
     local Ray instance)."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend={backend!r} is not valid; valid choices: local, ray")
     if address and backend != "ray":
         raise ConfigError(f"address={address!r} needs backend=ray")
     if backend == "ray":
-        from teamrl.ray_cluster import require_ray
+        from teamrl.scale.ray_cluster import require_ray
 
         require_ray()  # before anything is planned or written
     spec = load_sweep(path)
@@ -691,7 +691,7 @@ def run_sweep(path, jobs: int = 1, dry_run: bool = False, log=_say, backend: str
         return 0
     check_conflicts(plans)
     if backend == "ray" and any(p.state in ("train", "resume") for p in plans):
-        from teamrl.ray_cluster import connect
+        from teamrl.scale.ray_cluster import connect
 
         ray = connect(address)
         log(f"[teamrl] sweep on Ray: {len(ray.nodes())} node(s), "
@@ -747,28 +747,3 @@ class _SweepLock:
     def __exit__(self, *exc):
         if self.file is not None:
             self.file.close()
-
-
-# ------------------------------------------------------------------------- run launcher
-def _launch(argv: list[str]) -> int:
-    """``python -m teamrl.sweep [--cpus 0,1] COMMAND ...``: pin this process to the CPUs (before
-    JAX starts its thread pools, which size themselves by them), then run `teamrl COMMAND`.
-    On Linux the run also gets SIGINT if the sweep dies without stopping it (killed with
-    SIGKILL), so no run trains on unattended after its sweep is gone."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if argv[:1] == ["--cpus"]:
-        os.sched_setaffinity(0, {int(c) for c in argv[1].split(",")})
-        argv = argv[2:]
-    from teamrl.cli import main
-
-    return main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(_launch(sys.argv[1:]))

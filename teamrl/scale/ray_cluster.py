@@ -73,7 +73,7 @@ def _run_command(args: list, cwd: str, env: dict, log_path: str, grace_s: float)
     import signal
 
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "teamrl.sweep", *args], cwd=cwd,
+        proc = subprocess.Popen([sys.executable, "-m", "teamrl.cli.launch", *args], cwd=cwd,
                                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:

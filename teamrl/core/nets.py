@@ -19,7 +19,7 @@ import numpy as np
 
 from teamrl.config import NetworkConfig
 from teamrl.envs.spec import TeamObs, TeamSpec
-from teamrl.policies import DiagGaussian, MaskedCategorical, soft_clip, soft_clip_inverse
+from teamrl.core.policies import DiagGaussian, MaskedCategorical, soft_clip, soft_clip_inverse
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}
 

@@ -5,8 +5,8 @@ the small batches involved (tens of envs x a few agents) a jitted XLA call costs
 per step, almost all of it fixed dispatch and thread wake-up cost rather than arithmetic, in
 series with the env stepping. The same forward pass in NumPy on the calling thread takes
 about 0.1-0.2 ms. :class:`NumpyPolicy` is that forward pass: it mirrors
-``teamrl.nets.MLP`` / ``GaussianHead`` (Dense, activation, LayerNorm as flax computes them)
-and the sampling of ``teamrl.policies.DiagGaussian`` / ``MaskedCategorical``, with the random
+``teamrl.core.nets.MLP`` / ``GaussianHead`` (Dense, activation, LayerNorm as flax computes them)
+and the sampling of ``teamrl.core.policies.DiagGaussian`` / ``MaskedCategorical``, with the random
 draws made by JAX once per rollout from exactly the keys the jitted call would use
 (``fold_in(key, t)`` per step), so both give the same actions up to float rounding
 (``tests/test_host_policy.py`` checks it for every network option). Anything it does not
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from teamrl.policies import _MASKED_LOGIT, soft_clip
+from teamrl.core.policies import _MASKED_LOGIT, soft_clip
 
 _LN_EPSILON = 1e-6  # flax.linen.LayerNorm's default
 
@@ -155,7 +155,7 @@ class NumpyPolicy:
         return action, np.add.reduce(np.where(avail, per_dim, 0.0), axis=-1).astype(np.float32)
 
     def _mlp(self, params: dict, obs: np.ndarray) -> np.ndarray:
-        """teamrl.nets.MLP on obs [S, E, N, D] -> [S, E, N, out] (the mean of a Gaussian
+        """teamrl.core.nets.MLP on obs [S, E, N, D] -> [S, E, N, out] (the mean of a Gaussian
         actor, the logits of a categorical one). Shared parameters see [S, E·N, D] rows,
         stacked ones [S, N, E, D], so one batched matmul per layer covers every seed (and
         agent)."""

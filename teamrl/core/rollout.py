@@ -175,7 +175,7 @@ def reset_envs(team_env, key: jax.Array, num_envs: int, memory=()) -> RolloutCar
 class HostCollector:
     """Rollouts of host environments (``teamrl.envs.host_env``): S seeds × E envs stepped in
     worker processes, with one call computing every env's and agent's action per step: a
-    jitted one, or ``numpy_policy`` (``teamrl.host_policy``) where given.
+    jitted one, or ``numpy_policy`` (``teamrl.train.host_policy``) where given.
 
     Host env ``s·E + e`` belongs to seed s; it is reset first with seed ``env_seed(s, e)`` so a
     seed's environments do not depend on how many seeds or workers the run has.
@@ -295,3 +295,42 @@ class HostCollector:
 
     def close(self) -> None:
         self.vec.close()
+
+
+def episode_returns(team_env, algo, train_state, key, episodes: int, deterministic: bool):
+    """(returns [episodes], won [episodes]) of the first episode in each of ``episodes``
+    parallel envs; ``won`` is 1.0/0.0 (always 0 for envs without wins). NaN where an episode
+    did not finish.
+
+    Runs exactly ``max_steps`` steps, which every episode's time limit guarantees to finish.
+    Recurrent policies carry their hidden states from step to step.
+    """
+    recurrent = bool(getattr(algo, "recurrent", False))
+    memory = algo.init_memory(episodes) if recurrent else ()
+    carry = reset_envs(team_env, key, episodes, memory)
+    env_step = jax.vmap(team_env.step)
+
+    def step(state, step_key):
+        env_state, obs, memory, running, final, won, finished = state
+        act_key, env_key = jax.random.split(step_key)
+        if recurrent:
+            action, memory = algo.recurrent_policy_action(train_state, obs, act_key,
+                                                          deterministic, memory)
+        else:
+            action = algo.policy_action(train_state, obs, act_key, deterministic)
+        env_state, out = env_step(jax.random.split(env_key, episodes), env_state, action)
+        running = running + out.reward
+        ended = out.terminated | out.truncated
+        done = ended & ~finished
+        final = jnp.where(done, running, final)
+        won = jnp.where(done, out.won, won)
+        if recurrent:
+            memory = memory._replace(start=ended)
+        return (env_state, out.next_obs, memory, running, final, won, finished | done), None
+
+    init = (carry.env_state, carry.obs, carry.memory, jnp.zeros(episodes), jnp.zeros(episodes),
+            jnp.zeros(episodes, bool), jnp.zeros(episodes, bool))
+    keys = jax.random.split(key, team_env.spec.max_steps)
+    (_, _, _, _, final, won, finished), _ = jax.lax.scan(step, init, keys)
+    return (jnp.where(finished, final, jnp.nan),
+            jnp.where(finished, won.astype(jnp.float32), jnp.nan))

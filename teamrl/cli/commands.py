@@ -33,7 +33,7 @@ seed=0 (of the bootstrap), norm=FILE.yaml (per env [low, high]; default: min and
 the env's runs)."""
 
 SWEEP_HELP = """Train every (algorithm, env, grid point, seed) of FILE.yaml (keys out, algos, envs,
-seeds, settings, grid, report; see teamrl/sweep.py) as separate processes, at most jobs=N at a
+seeds, settings, grid, report; see teamrl/cli/sweep.py) as separate processes, at most jobs=N at a
 time, into OUT/<algo>__<env>[__<key>=<value>]__seed<s>, with logs in OUT/logs. Finished runs are
 skipped, interrupted ones resumed; a folder whose config differs from the request stops the
 sweep before anything runs. Ends with `teamrl report` in OUT/report. dry_run=true lists the
@@ -129,11 +129,11 @@ def _default_out(algo: str, env_id: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from teamrl import distributed
+    from teamrl.scale import distributed
 
     overrides = parse_key_values(args.settings)
     distributed.initialize_from_settings(overrides, args.config)  # before any env import
-    from teamrl.cli_config import base_config, config_from_file
+    from teamrl.train.presets import base_config, config_from_file
     from teamrl.config import apply_overrides
 
     if args.config:
@@ -153,12 +153,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from teamrl import distributed
+    from teamrl.scale import distributed
 
     overrides = parse_key_values(args.settings)
     distributed.initialize_from_settings(overrides, args.run_dir)  # before any env import
     from teamrl import runs
-    from teamrl.cli_config import config_from_run_dir
+    from teamrl.train.presets import config_from_run_dir
 
     from teamrl.config import PLACEMENT_KEYS
 
@@ -192,7 +192,7 @@ def _run_training(config, resume_dir) -> int:
 
 
 def cmd_eval(args) -> int:
-    from teamrl.evaluate import evaluate_run
+    from teamrl.train.evaluate import evaluate_run
 
     settings = parse_key_values(args.settings)
     allowed = {"episodes", "deterministic", "checkpoint", "render", "fps"}
@@ -211,7 +211,7 @@ def cmd_eval(args) -> int:
     if not os.path.isfile(os.path.join(args.run_dir, "config.yaml")):
         raise ConfigError(f"{args.run_dir!r} is not a run folder (no config.yaml)")
     if settings.get("render"):
-        from teamrl.evaluate import render_run
+        from teamrl.train.evaluate import render_run
 
         fps = coerce("fps", settings.get("fps", "0"), int)
         if fps < 0:
@@ -240,7 +240,7 @@ def cmd_plot(args) -> int:
     import re
 
     from teamrl.config import coerce
-    from teamrl.plots import plot_runs
+    from teamrl.analysis.plots import plot_runs
 
     setting = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
     run_dirs = [a for a in args.items if not setting.match(a)]
@@ -275,7 +275,7 @@ def cmd_report(args) -> int:
     import re
 
     from teamrl.config import coerce
-    from teamrl.report import DEFAULT_METRIC, write_report
+    from teamrl.analysis.report import DEFAULT_METRIC, write_report
 
     setting = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
     run_dirs = [a for a in args.items if not setting.match(a)]
@@ -307,7 +307,7 @@ def cmd_report(args) -> int:
 
 def cmd_sweep(args) -> int:
     from teamrl.config import coerce
-    from teamrl.sweep import run_sweep
+    from teamrl.cli.sweep import run_sweep
 
     settings = parse_key_values(args.settings)
     bad = sorted(set(settings) - {"jobs", "dry_run", "backend", "address"})
@@ -331,7 +331,7 @@ def cmd_list(args) -> int:
     from teamrl.envs.registry import REGISTRY
 
     if args.keys:
-        from teamrl.cli_config import base_config
+        from teamrl.train.presets import base_config
 
         config = base_config(*args.keys)
         rows = []
@@ -376,7 +376,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_install(args) -> int:
-    from teamrl.install import TARGETS, InstallError
+    from teamrl.cli.install import TARGETS, InstallError
 
     if args.target not in TARGETS:
         return _fail(f"install target {args.target!r} is not known; valid: "

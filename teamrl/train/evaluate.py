@@ -1,4 +1,5 @@
-"""Evaluation episodes with a trained policy (deterministic or stochastic), compiled."""
+"""A saved run's policy evaluated (``teamrl eval``) or rendered to a video; the compiled
+evaluation episodes themselves are :func:`teamrl.core.rollout.episode_returns`."""
 
 from __future__ import annotations
 
@@ -6,59 +7,19 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from teamrl.rollout import reset_envs
-
-
-def episode_returns(team_env, algo, train_state, key, episodes: int, deterministic: bool):
-    """(returns [episodes], won [episodes]) of the first episode in each of ``episodes``
-    parallel envs; ``won`` is 1.0/0.0 (always 0 for envs without wins). NaN where an episode
-    did not finish.
-
-    Runs exactly ``max_steps`` steps, which every episode's time limit guarantees to finish.
-    Recurrent policies carry their hidden states from step to step.
-    """
-    recurrent = bool(getattr(algo, "recurrent", False))
-    memory = algo.init_memory(episodes) if recurrent else ()
-    carry = reset_envs(team_env, key, episodes, memory)
-    env_step = jax.vmap(team_env.step)
-
-    def step(state, step_key):
-        env_state, obs, memory, running, final, won, finished = state
-        act_key, env_key = jax.random.split(step_key)
-        if recurrent:
-            action, memory = algo.recurrent_policy_action(train_state, obs, act_key,
-                                                          deterministic, memory)
-        else:
-            action = algo.policy_action(train_state, obs, act_key, deterministic)
-        env_state, out = env_step(jax.random.split(env_key, episodes), env_state, action)
-        running = running + out.reward
-        ended = out.terminated | out.truncated
-        done = ended & ~finished
-        final = jnp.where(done, running, final)
-        won = jnp.where(done, out.won, won)
-        if recurrent:
-            memory = memory._replace(start=ended)
-        return (env_state, out.next_obs, memory, running, final, won, finished | done), None
-
-    init = (carry.env_state, carry.obs, carry.memory, jnp.zeros(episodes), jnp.zeros(episodes),
-            jnp.zeros(episodes, bool), jnp.zeros(episodes, bool))
-    keys = jax.random.split(key, team_env.spec.max_steps)
-    (_, _, _, _, final, won, finished), _ = jax.lax.scan(step, init, keys)
-    return (jnp.where(finished, final, jnp.nan),
-            jnp.where(finished, won.astype(jnp.float32), jnp.nan))
+from teamrl.core.rollout import episode_returns  # noqa: F401  (its import path before 0.2)
 
 
 def evaluate_run(run_dir, episodes: int | None, deterministic: bool, checkpoint: str = "best",
                  overrides: dict | None = None) -> dict:
     """Evaluate every seed of a run folder's checkpoint (``best`` falls back to ``latest``);
     ``episodes`` defaults to the run's ``eval_episodes``. Writes ``eval_<ckpt>_<mode>.json``."""
-    from teamrl.cli_config import config_from_run_dir
-    from teamrl.train import make_trainer
+    from teamrl.train.presets import config_from_run_dir
+    from teamrl.train.loop import make_trainer
 
-    from teamrl.distributed import ONE_DEVICE
+    from teamrl.scale.distributed import ONE_DEVICE
 
     run_dir = pathlib.Path(run_dir)
     config = config_from_run_dir(run_dir, {**ONE_DEVICE, **(overrides or {})})
@@ -249,9 +210,9 @@ def render_run(run_dir, out, episodes: int = 1, deterministic: bool = True,
     import os
     import tempfile
 
-    from teamrl.cli_config import config_from_run_dir
+    from teamrl.train.presets import config_from_run_dir
     from teamrl.config import ConfigError
-    from teamrl.train import make_trainer
+    from teamrl.train.loop import make_trainer
 
     out = pathlib.Path(out)
     if out.suffix.lower() not in RENDER_FORMATS:
@@ -265,7 +226,7 @@ def render_run(run_dir, out, episodes: int = 1, deterministic: bool = True,
     if not out.parent.is_dir():
         raise ConfigError(f"render={str(out)!r}: folder {str(out.parent)!r} does not exist")
     _prepare_headless_gl()
-    from teamrl.distributed import ONE_DEVICE
+    from teamrl.scale.distributed import ONE_DEVICE
 
     run_dir = pathlib.Path(run_dir)
     config = config_from_run_dir(run_dir, dict(ONE_DEVICE))

@@ -17,7 +17,7 @@ values of the metric, in env_steps order, after a resume's re-logged rows have r
 rows they repeat. For ``eval_return_*`` these are the evaluation rows only (every
 ``eval_every`` log rows and at the end); averaging a few values rather than taking the last
 one damps evaluation noise. Runs of the same (algo, env) pool their seeds, as in
-``teamrl plot``. Statistics: :mod:`teamrl.stats`.
+``teamrl plot``. Statistics: :mod:`teamrl.analysis.stats`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pathlib
 
 import numpy as np
 
-from teamrl import stats
+from teamrl.analysis import stats
 from teamrl.config import ConfigError
 
 DEFAULT_METRIC = "eval_return_det"
@@ -55,9 +55,9 @@ def final_score(values):
 
 
 def load_report_runs(run_dirs, metric: str) -> list[dict]:
-    """Read and check run folders (see :func:`teamrl.plots.load_runs`) and that ``metric`` is
+    """Read and check run folders (see :func:`teamrl.analysis.plots.load_runs`) and that ``metric`` is
     a column of every metrics.csv. Raises ReportInputError naming the bad path or value."""
-    from teamrl.plots import PlotInputError, load_runs, missing_column
+    from teamrl.analysis.plots import PlotInputError, load_runs, missing_column
 
     if not run_dirs:
         raise ReportInputError("report needs at least one RUN_DIR")
@@ -84,7 +84,7 @@ def collect_scores(loaded: list[dict], metric: str):
     (values averaged), in order of run folders then seeds. Seeds without a finite value are
     left out with a note.
     """
-    from teamrl.plots import _BOOKKEEPING_KEYS, _flatten, _seed_name, run_seed_curves
+    from teamrl.analysis.plots import _BOOKKEEPING_KEYS, _flatten, _seed_name, run_seed_curves
 
     records, notes, owner, group_configs = [], [], {}, {}
     for run in loaded:
@@ -181,7 +181,7 @@ def compute_report(records: list[dict], bounds: dict, ci: float = 0.95,
     share an env, and ``taus`` [K] with ``profiles`` {algo: (profile, lo, hi)} each [K].
     Adds each record's ``normalised`` score.
     """
-    from teamrl.plots import bootstrap_mean_ci
+    from teamrl.analysis.plots import bootstrap_mean_ci
 
     algos = list(dict.fromkeys(r["algo"] for r in records))
     envs = list(dict.fromkeys(r["env_id"] for r in records))

@@ -1,0 +1,5 @@
+import sys
+
+from teamrl.cli.commands import main
+
+sys.exit(main())
