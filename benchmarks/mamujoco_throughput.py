@@ -1,40 +1,48 @@
-"""MaMuJoCo through the host runner: env-only stepping rate vs HAPPO training rate.
+"""MaMuJoCo through the host runner: env-only stepping rate vs HAPPO training rate, for the
+native backend and the gymnasium-robotics one.
 
-Both are measured in the same invocation on mamujoco/HalfCheetah-2x3 (obs=global) with
-20 envs x 200 steps per update (HARL's setting):
+All is measured in one invocation on mamujoco/HalfCheetah-2x3 (obs=global) with 20 envs x 200
+steps per update (HARL's setting):
 
-- env only: random actions written straight into the runner's shared action buffer, the
-  workers stepping the envs exactly as in training;
+- env only, backends back to back: both backends' vectors (20 envs, one worker each) open
+  side by side and stepped in turn (``--reps`` times ``--steps`` random-action steps), so each
+  repetition's native/gymnasium-robotics ratio sees the same machine load; with each figure
+  the load average (``os.getloadavg``) and the worker's CPU time per env step (from /proc: it
+  counts the worker's own work only, so it varies less than wall time on a shared machine).
+  Run it with nice off: a niced benchmark measures the other jobs' priority;
+- env only inside training: random actions written straight into the runner's shared action
+  buffer, the workers stepping the envs exactly as in training;
 - training: HAPPO (HARL's HalfCheetah network and epochs unless overridden) after
   compilation, including the action call per step (``host_act``: NumPy by default, or the
   jitted call) and the compiled update.
 
-The two alternate (``--rounds``), each round stepping as many env steps as its training
+The last two alternate (``--rounds``), each round stepping as many env steps as its training
 updates take, so a drift of the machine's speed (shared cores) affects both alike.
 
-The issue's target is training >= 75 % of env-only stepping on a 2-core machine. The
-breakdown shows where training time goes (env stepping and waiting, the action call, the
-update).
+The issue's targets: training >= 75 % of env-only stepping on a 2-core machine, and native
+env-only stepping >= 3x gymnasium-robotics' with one worker. The breakdown shows where training
+time goes (env stepping and waiting, the action call, the update).
 
     python benchmarks/mamujoco_throughput.py
-    python benchmarks/mamujoco_throughput.py --rounds 5 --workers 0 1 2 --json
-    python benchmarks/mamujoco_throughput.py --set epochs=5 hidden_sizes=[64,64]
+    python benchmarks/mamujoco_throughput.py --reps 7 --rounds 5 --workers 0 1 2 --json
+    python benchmarks/mamujoco_throughput.py --backends native --set epochs=5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
 
-from teamrl.train.presets import base_config
-from teamrl.config import apply_overrides
-from teamrl.config import parse_key_values
+from teamrl.config import apply_overrides, parse_key_values
 from teamrl.train import HostTrainer
+from teamrl.train.presets import base_config
 
 ENV_ID = "mamujoco/HalfCheetah-2x3"
+BACKENDS = ("native", "gymnasium_robotics")
 
 
 def env_only_stepper(team_env, num_envs: int, workers: int, seed: int = 0):
@@ -62,6 +70,54 @@ def env_only(team_env, num_envs: int, workers: int, steps: int, seed: int = 0) -
         return steps * num_envs / run(steps)
     finally:
         vec.close()
+
+
+def cpu_seconds(vec) -> float:
+    """CPU time (user + system) the vector's worker processes have used, or this process's
+    for in-process envs (workers=0)."""
+    if not vec.pids:
+        return time.process_time()
+    total = 0
+    for pid in vec.pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def env_only_backends(backends, num_envs: int, workers: int, steps: int, reps: int) -> dict:
+    """Env-only rates of ``backends`` measured back to back: their vectors open side by side,
+    each stepped ``steps`` random-action steps in turn, ``reps`` times. Per backend: sps,
+    load average and worker CPU microseconds per env step of every repetition."""
+    from teamrl.envs.registry import default_env_options, make_env
+
+    stepper, out = {}, {}
+    try:
+        for backend in backends:
+            opts = default_env_options(ENV_ID)
+            opts.backend, opts.workers = backend, workers
+            team_env = make_env(ENV_ID, opts, agent_id=True)
+            stepper[backend] = env_only_stepper(team_env, num_envs, workers)
+            out[backend] = {"sps": [], "load": [], "cpu_us": []}
+        for _ in range(reps):
+            for backend in backends:
+                vec, run = stepper[backend]
+                load = os.getloadavg()[0]
+                cpu = cpu_seconds(vec)
+                seconds = run(steps)
+                cpu = cpu_seconds(vec) - cpu
+                out[backend]["sps"].append(steps * num_envs / seconds)
+                out[backend]["load"].append(load)
+                out[backend]["cpu_us"].append(1e6 * cpu / (steps * num_envs))
+    finally:
+        for vec, _ in stepper.values():
+            vec.close()
+    if set(BACKENDS) <= set(backends):
+        out["ratio"] = [n / g for n, g in zip(out["native"]["sps"],
+                                              out["gymnasium_robotics"]["sps"])]
+        out["cpu_ratio"] = [g / n for n, g in zip(out["native"]["cpu_us"],
+                                                  out["gymnasium_robotics"]["cpu_us"])]
+    return out
 
 
 def training(workers: int, updates: int, rounds: int, overrides: dict) -> dict:
@@ -95,6 +151,7 @@ def training(workers: int, updates: int, rounds: int, overrides: dict) -> dict:
         steps = rounds * updates * config.run.num_envs * config.run.rollout_length
         n = rounds * updates
         return {"workers": trainer.collector.vec.workers, "train_sps": steps / train_s,
+                "load": os.getloadavg()[0],
                 "env_only_sps": steps / env_s, "ratio": env_s / train_s,
                 "ratio_per_round": per_round,
                 "rollout_s": timings["rollout"] / n, "act_s": timings["act"] / n,
@@ -107,8 +164,19 @@ def training(workers: int, updates: int, rounds: int, overrides: dict) -> dict:
         trainer.close()
 
 
+def _stats(values) -> str:
+    return f"min {min(values):,.2f}  median {float(np.median(values)):,.2f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--reps", type=int, default=5,
+                        help="back-to-back env-only repetitions per backend")
+    parser.add_argument("--steps", type=int, default=500,
+                        help="steps of 20 envs per env-only repetition")
+    parser.add_argument("--env-only-workers", type=int, default=1,
+                        help="workers of the back-to-back env-only comparison")
     parser.add_argument("--updates", type=int, default=4, help="updates per round")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternations of env-only stepping and training")
@@ -117,18 +185,42 @@ def main():
                         help="overrides of the HAPPO config")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = [training(w, args.updates, args.rounds, parse_key_values(args.set)) for w in args.workers]
+    niceness = os.nice(0)
+    compare = env_only_backends(args.backends, 20, args.env_only_workers, args.steps,
+                                args.reps)
+    rows = [{"backend": b, **training(w, args.updates, args.rounds,
+                                      {**parse_key_values(args.set), "backend": b})}
+            for w in args.workers for b in args.backends]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"niceness": niceness, "env_only": compare, "training": rows},
+                         indent=2))
         return
-    print(f"{ENV_ID}, 20 envs x 200 steps per update, HAPPO, {args.rounds} rounds of "
+    print(f"{ENV_ID}, env only, 20 envs on {args.env_only_workers} worker(s), backends back "
+          f"to back: {args.reps} reps x {args.steps} steps; niceness {niceness}"
+          + ("  (NICED: figures measure the scheduler, rerun with nice off)" if niceness else ""))
+    print("rep  " + "".join(f"{b:>20s} sps  cpu us/step  load " for b in args.backends)
+          + ("  ratio  cpu ratio" if "ratio" in compare else ""))
+    for r in range(args.reps):
+        line = f"{r:3d}  " + "".join(
+            f"{compare[b]['sps'][r]:24,.0f}  {compare[b]['cpu_us'][r]:11.1f}  "
+            f"{compare[b]['load'][r]:4.2f} " for b in args.backends)
+        if "ratio" in compare:
+            line += f"  {compare['ratio'][r]:5.2f}  {compare['cpu_ratio'][r]:9.2f}"
+        print(line)
+    for b in args.backends:
+        print(f"  {b}: sps {_stats(compare[b]['sps'])}; cpu us/step "
+              f"{_stats(compare[b]['cpu_us'])}")
+    if "ratio" in compare:
+        print(f"  native / gymnasium_robotics env-only: {_stats(compare['ratio'])} "
+              f"(cpu time per step: {_stats(compare['cpu_ratio'])})")
+    print(f"\n{ENV_ID}, 20 envs x 200 steps per update, HAPPO, {args.rounds} rounds of "
           f"{args.updates} updates")
-    print("workers  env-only sps  training sps  training/env-only  per update: rollout "
-          "(of which act)  update")
+    print("backend             workers  env-only sps  training sps  training/env-only  per "
+          "update: rollout (of which act)  update")
     for r in rows:
-        print(f"{r['workers']:7d}  {r['env_only_sps']:12,.0f}  {r['train_sps']:12,.0f}  "
-              f"{r['ratio']:17.2f}  {r['rollout_s']:8.2f} s ({r['act_s']:.2f} s)  "
-              f"{r['update_s']:6.2f} s   rounds: "
+        print(f"{r['backend']:18s}  {r['workers']:7d}  {r['env_only_sps']:12,.0f}  "
+              f"{r['train_sps']:12,.0f}  {r['ratio']:17.2f}  {r['rollout_s']:8.2f} s "
+              f"({r['act_s']:.2f} s)  {r['update_s']:6.2f} s   load {r['load']:.2f}   rounds: "
               + " ".join(f"{x:.2f}" for x in r["ratio_per_round"]))
 
 

@@ -216,26 +216,6 @@ def train_or_skip(run_dir: Path, algo: str, env_id: str, settings: dict, code: s
     return {**record, "skipped": False}
 
 
-def with_new_defaults(saved: dict, config) -> dict:
-    """``saved`` (a config.yaml) plus the keys teamrl gained since it was written, where the
-    request leaves them at their defaults: a long run spread over sessions keeps resuming
-    across a code change that only adds settings."""
-    import dataclasses
-
-    filled = {name: dict(values) if isinstance(values, dict) else values
-              for name, values in saved.items()}
-    for name, section in config.sections().items():
-        have = filled.get(name)
-        if not isinstance(have, dict):
-            continue
-        for f in dataclasses.fields(section):
-            default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
-                       else f.default)
-            if f.name not in have and getattr(section, f.name) == default:
-                have[f.name] = default
-    return filled
-
-
 def resumable_updates(run_dir: Path, config) -> dict | None:
     """{"updates", "wall_time"} of an interrupted run in ``run_dir`` that ``config``
     (the requested one) can continue: a latest checkpoint short of the target, saved with the
@@ -243,6 +223,7 @@ def resumable_updates(run_dir: Path, config) -> dict | None:
     another config, or already at the target), and the run is trained afresh."""
     from teamrl import runs
     from teamrl.cli.sweep import checkpoint_meta, config_differences
+    from teamrl.config import with_new_defaults
     from teamrl.train import total_updates
 
     if not runs.checkpoint_exists(run_dir, "latest"):

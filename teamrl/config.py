@@ -503,3 +503,22 @@ def list_presets() -> list[str]:
 
     walk(root, "")
     return found
+
+
+def with_new_defaults(saved: dict, config: "Config") -> dict:
+    """``saved`` (a run's config.yaml as a dict) plus the keys teamrl gained since it was
+    written, where ``config`` (the request) leaves them at their defaults: a run spread over
+    sessions (a sweep's, an experiment grid's) keeps resuming across a teamrl version that only
+    adds settings, and one that sets a new key to another value is another run."""
+    filled = {name: dict(values) if isinstance(values, dict) else values
+              for name, values in saved.items()}
+    for name, section in config.sections().items():
+        have = filled.get(name)
+        if not isinstance(have, dict):
+            continue
+        for f in dataclasses.fields(section):
+            default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else f.default)
+            if f.name not in have and getattr(section, f.name) == default:
+                have[f.name] = default
+    return filled

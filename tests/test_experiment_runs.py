@@ -249,7 +249,7 @@ def test_an_interrupted_grid_run_is_resumed_not_restarted(tmp_path):
 def test_a_setting_added_to_teamrl_since_a_grid_run_started_does_not_restart_it():
     """A key missing from a saved config.yaml counts as its default: a run whose request leaves
     it there still resumes after teamrl gains the setting; one that sets it does not."""
-    from experiment_runs import with_new_defaults
+    from teamrl.config import with_new_defaults
     from teamrl.train.presets import base_config
     from teamrl.config import apply_overrides
     from teamrl.cli.sweep import config_differences

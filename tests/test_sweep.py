@@ -341,3 +341,21 @@ def test_ray_backend_settings_are_checked(tmp_path):
         code, _, err = run_main(["sweep", str(file), *argv])
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_written_before_teamrl_gained_a_setting_resumes(tmp_path):
+    """A config.yaml without a key teamrl added since (here agent_id) is the same run when
+    the sweep leaves that key at its default, and another run when the sweep sets it."""
+    out = tmp_path / "out"
+    for settings, state in (({}, "resume"), ({"agent_id": "true"}, "conflict")):
+        file = write_sweep(tmp_path / "s.yaml", out, algos=["mappo"], seeds=[0],
+                           settings={**FAST, **settings})
+        (plan,) = sweep.plan_runs(sweep.load_sweep(file))
+        if not plan.run_dir.exists():
+            plan.run_dir.mkdir(parents=True)
+            config = plan.config.to_dict()
+            del config["run"]["agent_id"]  # as written before the key existed
+            runs.write_config(plan.run_dir, config)
+            runs.save_checkpoint(plan.run_dir, "latest", {"w": np.zeros(2)}, {"updates": 1})
+        sweep.inspect_run(plan)
+        assert plan.state == state, plan.detail

@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from teamrl.config import PLACEMENT_KEYS, ConfigError
+from teamrl.config import PLACEMENT_KEYS, ConfigError, with_new_defaults
 
 SWEEP_KEYS = ("out", "algos", "envs", "seeds", "settings", "grid", "report")
 REPORT_KEYS = ("metric", "resamples", "seed", "norm")
@@ -389,7 +389,7 @@ def inspect_run(plan: RunPlan) -> None:
         plan.state = "conflict"
         plan.detail = f"has a checkpoint but no readable {runs.CONFIG_FILE}"
         return
-    diffs = config_differences(plan.config.to_dict(), saved)
+    diffs = config_differences(plan.config.to_dict(), with_new_defaults(saved, plan.config))
     if diffs:
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
         plan.state = "conflict"

@@ -30,7 +30,8 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from teamrl.envs.host_base import HostEnvError, VectorEnvBase
-from teamrl.envs.host_worker import EnvRecipe, TeamAdapter, TeamBuffers, TeamLayout, worker_main
+from teamrl.envs.host_worker import (EnvRecipe, TeamBuffers, TeamLayout, build_adapters,
+                                    worker_main)
 from teamrl.envs.spec import TeamSpec
 
 
@@ -264,8 +265,7 @@ class HostVectorEnv(VectorEnvBase):
         self.closed = False
         if self.workers == 0:
             self.buffers = TeamBuffers(layout, num_envs)
-            self._adapters = [TeamAdapter(recipe.build(), layout, self.buffers, e)
-                              for e in range(num_envs)]
+            self._adapters = build_adapters(recipe, layout, self.buffers, range(num_envs))
             return
         ctx = mp.get_context("spawn")  # never fork a process that runs XLA threads
         raw = ctx.RawArray("b", TeamBuffers.size(layout, num_envs))
@@ -345,7 +345,7 @@ class HostVectorEnv(VectorEnvBase):
         if self.workers == 0:
             try:
                 for adapter in self._adapters:
-                    adapter.reset(seeds[adapter.index])
+                    adapter.reset_seeds(dict(enumerate(seeds)))
             except Exception as err:
                 raise HostEnvError(f"host env reset failed: {type(err).__name__}: {err}") \
                     from err

@@ -32,9 +32,17 @@ class EnvRecipe:
     module: str
     function: str
     kwargs: dict = field(default_factory=dict)
+    # Optional: ``module.batch_function(num_envs=K, **kwargs)`` builds K envs as one batch env
+    # (see BatchTeamAdapter) that a worker steps with one call per step; ``function`` still
+    # builds single envs (probes, Ray actors, rendering).
+    batch_function: str = ""
 
     def build(self):
         return getattr(importlib.import_module(self.module), self.function)(**self.kwargs)
+
+    def build_batch(self, num_envs: int):
+        return getattr(importlib.import_module(self.module), self.batch_function)(
+            num_envs=num_envs, **self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,10 @@ class TeamAdapter:
         row["alive"][:] = alive
 
     # ----------------------------------------------------------------------------- API
+    def reset_seeds(self, seeds: dict) -> None:
+        """:meth:`reset` with ``seeds[index]`` ({env index: seed or None})."""
+        self.reset(seeds[self.index])
+
     def reset(self, seed: int | None) -> None:
         """Start an episode (seeded if ``seed`` is given); writes the next observation."""
         observations, _ = self.env.reset(seed=seed)
@@ -229,6 +241,102 @@ class TeamAdapter:
         self.env.close()
 
 
+class BatchTeamAdapter:
+    """A batch env of K envs writing into rows ``indices`` (contiguous) of shared team
+    buffers: one call steps all K, and every array is written K rows at a time.
+
+    The batch env (``EnvRecipe.build_batch``) has ``reset(j, seed)`` (env j < K; seed None
+    continues its random stream), ``step(actions [K, N, A] float32) -> (reward [K],
+    terminated [K], truncated [K])``, ``observe() -> ([N] x [K, obs_dims[i]], state [K, S])``,
+    ``close()``, and ``episode_metrics(j) -> dict`` if the layout names metrics. Its agents all
+    act until their env's episode ends (none leaves early, no action masks), so the rows equal
+    what TeamAdapter writes for the same envs as ParallelEnvs (every agent gets the env's
+    reward, as MaMuJoCo gives it).
+    """
+
+    def __init__(self, env, layout: TeamLayout, buffers: TeamBuffers, indices):
+        indices = [int(i) for i in indices]
+        if indices != list(range(indices[0], indices[0] + len(indices))):
+            raise ValueError(f"a batch env needs contiguous rows, got {indices}")
+        self.env, self.layout, self.buffers, self.indices = env, layout, buffers, indices
+        self.rows = slice(indices[0], indices[-1] + 1)
+        self.episode_step = np.zeros(len(indices), np.int64)
+        lay = layout
+        self.low = np.asarray(lay.action_low, np.float32)
+        self.high = np.asarray(lay.action_high, np.float32)
+        self.avail = np.zeros((lay.n_agents, lay.action_dim), bool)
+        for i, width in enumerate(lay.action_dims):
+            self.avail[i, :width] = True
+        self.id_columns = slice(lay.obs_dim - lay.n_agents, lay.obs_dim)
+        self.eye = np.eye(lay.n_agents, dtype=np.float32)
+
+    def _write(self, prefix: str) -> None:
+        """Write the batch's current observation into the ``prefix`` ("" or "final_") rows."""
+        lay, b, rows = self.layout, self.buffers, self.rows
+        observations, state = self.env.observe()
+        obs = getattr(b, prefix + "obs")[rows]
+        obs.fill(0.0)
+        for i, values in enumerate(observations):
+            obs[:, i, :lay.obs_dims[i]] = values
+        if lay.agent_id:
+            obs[:, :, self.id_columns] = self.eye
+        getattr(b, prefix + "state")[rows] = state
+        getattr(b, prefix + "avail")[rows] = self.avail
+        getattr(b, prefix + "alive")[rows] = True
+
+    def reset_seeds(self, seeds: dict) -> None:
+        """Start an episode in every env, env ``e`` seeded with ``seeds[e]`` (or None)."""
+        for j, e in enumerate(self.indices):
+            self.env.reset(j, seeds[e])
+        self.episode_step[:] = 0
+        self._write("")
+
+    def step(self) -> None:
+        """Step every env with its rows of ``buffers.action``; write rewards, flags, the final
+        observations and the next ones (after automatic resets of ended episodes)."""
+        lay, b, rows = self.layout, self.buffers, self.rows
+        reward, terminated, truncated = self.env.step(
+            np.clip(b.action[rows], self.low, self.high))
+        self.episode_step += 1
+        total = np.zeros(len(self.indices))
+        for _ in range(lay.n_agents):  # TeamAdapter's sum over agents, in the same order
+            total = total + reward
+        b.reward[rows] = total / lay.n_agents if lay.team_reward == "mean" else total
+        over = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+        at_limit = (self.episode_step >= lay.max_steps if lay.max_steps > 0
+                    else np.zeros_like(over))
+        terminated = over & ~np.asarray(truncated, bool)
+        b.terminated[rows] = terminated
+        b.truncated[rows] = (over | at_limit) & ~terminated
+        self._write("final_")
+        done = np.flatnonzero(over | at_limit)
+        if len(done) == 0:
+            for name in ("obs", "state"):
+                getattr(b, name)[rows] = getattr(b, "final_" + name)[rows]
+            return
+        for j in done:
+            if lay.metric_names:
+                values = self.env.episode_metrics(int(j))
+                b.episode_metrics[self.indices[j]] = [values.get(n, np.nan)
+                                                      for n in lay.metric_names]
+            self.env.reset(int(j), None)
+            self.episode_step[j] = 0
+        self._write("")
+
+    def close(self):
+        self.env.close()
+
+
+def build_adapters(recipe: EnvRecipe, layout: TeamLayout, buffers: TeamBuffers,
+                   indices) -> list:
+    """The adapters of envs ``indices``: one BatchTeamAdapter if the recipe builds batches,
+    else a TeamAdapter per env."""
+    indices = [int(i) for i in indices]
+    if recipe.batch_function:
+        return [BatchTeamAdapter(recipe.build_batch(len(indices)), layout, buffers, indices)]
+    return [TeamAdapter(recipe.build(), layout, buffers, e) for e in indices]
+
+
 # ============================================================================ worker process
 def _die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when the learner dies (even by SIGKILL),
@@ -263,7 +371,7 @@ def worker_main(worker_index: int, recipe: EnvRecipe, layout: TeamLayout, raw, n
     adapters = []
     try:
         buffers = TeamBuffers(layout, num_envs, raw)
-        adapters = [TeamAdapter(recipe.build(), layout, buffers, e) for e in env_indices]
+        adapters = build_adapters(recipe, layout, buffers, env_indices)
         conn.send(("ok", None))
         while True:
             command, argument = conn.recv()
@@ -272,7 +380,7 @@ def worker_main(worker_index: int, recipe: EnvRecipe, layout: TeamLayout, raw, n
                     adapter.step()
             elif command == "reset":
                 for adapter in adapters:
-                    adapter.reset(argument[adapter.index])
+                    adapter.reset_seeds(argument)
             elif command == "close":
                 break
             conn.send(("ok", None))

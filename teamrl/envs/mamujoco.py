@@ -2,6 +2,12 @@
 
 Imported by worker processes: NumPy, gymnasium and MuJoCo only, no JAX.
 
+Backends (env option ``backend``): ``gymnasium_robotics``, the reference ``mamujoco_v1``
+ParallelEnvs of this module, stepped one by one, or ``native``
+(:mod:`teamrl.envs.mamujoco_native`: K envs per worker stepped through MuJoCo's API with
+vectorised observations and rewards). Both give the same task: tests/test_mamujoco_native.py
+checks equal observations, states, rewards and episode ends over whole episodes of every split.
+
 Observation protocols:
 
 - ``obs=global``: every agent observes the env's global state (``env.state()``, the single-
@@ -190,7 +196,8 @@ def make_parallel_env(scenario: str, agent_conf: str, obs: str = "global", obsk:
         from gymnasium_robotics import mamujoco_v1
 
         env = mamujoco_v1.parallel_env(
-            scenario, agent_conf, agent_obsk=obsk, agent_factorization=_factorization(scenario, agent_conf),
+            scenario, agent_conf, agent_obsk=obsk,
+            agent_factorization=_factorization(scenario, agent_conf),
             max_episode_steps=max_steps, render_mode=render_mode)
     if obs == "global":
         env.reset(seed=0)  # state() needs a simulated state to read its width
