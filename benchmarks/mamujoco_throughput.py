@@ -133,24 +133,25 @@ def training(workers: int, updates: int, rounds: int, overrides: dict) -> dict:
         runner = trainer.init()
         chunk = trainer.compile_chunk(runner, 1)
         runner, _ = chunk(runner)  # first update: jit of the action call
-        timings = trainer.collector.timings
-        for k in timings:
-            timings[k] = 0.0
+        trainer.reset_timings()
         vec, env_only = env_only_stepper(trainer.team_env, config.run.num_envs,
-                                         trainer.collector.vec.workers)
+                                         trainer.collectors[0].vec.workers)
         train_s = env_s = 0.0
         per_round = []
         for _ in range(rounds):
-            env_round = env_only(updates * config.run.rollout_length)
+            env_round = env_only(updates * config.run.rollout_length * config.run.seeds)
             start = time.perf_counter()
             for _ in range(updates):
                 runner, metrics = chunk(runner)
             train_round = time.perf_counter() - start
             per_round.append(env_round / train_round)
             env_s, train_s = env_s + env_round, train_s + train_round
-        steps = rounds * updates * config.run.num_envs * config.run.rollout_length
-        n = rounds * updates
-        return {"workers": trainer.collector.vec.workers, "train_sps": steps / train_s,
+        # Every seed's env steps (env-only rounds step as many, on one vector of num_envs).
+        steps = (rounds * updates * config.run.num_envs * config.run.rollout_length
+                 * config.run.seeds)
+        n = rounds * updates * config.run.seeds  # per-seed updates
+        timings = trainer.timings
+        return {"workers": trainer.collectors[0].vec.workers, "train_sps": steps / train_s,
                 "load": os.getloadavg()[0],
                 "env_only_sps": steps / env_s, "ratio": env_s / train_s,
                 "ratio_per_round": per_round,

@@ -95,6 +95,10 @@ class RunConfig:
                            "per call than XLA at these batch sizes; the same draws) or jax "
                            "(one jitted call per step, always used for Q-learners)",
                            choices=["numpy", "jax"])
+    host_overlap: str = option("auto", "host-stepped envs with several seeds: step one seed's "
+                               "envs while another seed's update computes, keeping both "
+                               "cores busy; the results are identical to false (auto: on "
+                               "with seeds >= 2)", choices=["auto", "true", "false"])
     devices: int = option(0, "local devices to split each seed's environments over, "
                           "gradients averaged across them (0: as many as divide num_envs; "
                           "host-stepped envs use 1)", low=0)

@@ -663,7 +663,7 @@ def config_record(config_dict: dict) -> dict:
     and what does not touch the parameters (out, progress, logging, placement)."""
     drop = {"out", "overwrite", "progress", "total_steps", "log_every", "checkpoint_every",
             "eval_every", "eval_episodes", "devices", "coordinator", "num_processes",
-            "process_id", "distributed_timeout"}
+            "process_id", "distributed_timeout", "host_overlap"}
     flat = {f"{sec}.{k}": v for sec, values in config_dict.items()
             for k, v in (values or {}).items() if not (sec == "run" and k in drop)}
     return json.loads(json.dumps(flat, default=str))

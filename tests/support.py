@@ -19,11 +19,10 @@ def trainer_for(algo: str, env_id: str, **overrides) -> Trainer:
 def host_rollout_batch(trainer):
     """(train state, Batch [T, E, ...]) of one host-env rollout of seed 0's fresh policy."""
     runner = trainer.init()
-    keys = trainer._split(runner.key)[:, 1]
-    arrays, _ = trainer.collector.collect(runner.train_state, keys)
-    num_envs = trainer.config.run.num_envs
+    keys = trainer._split(runner.key)[:1, 1]
+    arrays, _ = trainer.collectors[0].collect(runner.train_state, keys)
     ts = jax.tree.map(lambda x: x[0], runner.train_state)
-    arrays = jax.tree.map(lambda x: jax.numpy.asarray(x[:, :num_envs]), arrays)
+    arrays = jax.tree.map(jax.numpy.asarray, arrays)
     return ts, trainer.host_batch(ts, arrays)
 
 

@@ -15,9 +15,16 @@ from teamrl.train.trainer import EPISODE_COUNT, EPISODE_SUM, Runner, Trainer, al
 
 
 class HostTrainer(Trainer):
-    """Training on host environments: each update is a Python loop of T steps (one jitted
-    action call per step, the envs stepped by worker processes) followed by the same
-    compiled ``algo.update`` as for compiled envs, vmapped over seeds.
+    """Training on host environments: each update is a Python loop of T steps (one action
+    call per step, the envs stepped by worker processes) followed by the same compiled
+    ``algo.update`` as for compiled envs.
+
+    Each seed has its own envs and workers, and its update is its own compiled call, so a
+    seed's results do not depend on how many seeds share the run. With ``host_overlap`` on
+    (the default with 2 or more seeds) the updates are dispatched without waiting: while one
+    seed's update computes, the next seed's envs step, so the env workers and XLA keep both
+    cores busy. Every seed still acts with its own newest parameters, so the results are
+    identical to ``host_overlap=false``, which waits for each update before going on.
 
     The environments live outside the checkpoint: a resumed run restarts their episodes.
     """
@@ -32,24 +39,50 @@ class HostTrainer(Trainer):
             return action, log_prob
 
         self._act = act
-        self._collector = None
+        self._collectors = None
         self._split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 3)))
-        self._update_seeds = jax.jit(jax.vmap(self._host_update, in_axes=(0, 1, 0)))
+        # One seed's update, with a seed axis of 1 (the layout of a one-seed run).
+        self._update_seed = jax.jit(jax.vmap(self._host_update, in_axes=(0, 1, 0)))
         self._compiled_update = None
         self._evaluate = None
         self._eval_env = None
+        self._update_time = 0.0
+        run = config.run
+        self.overlap = run.host_overlap == "true" or (run.host_overlap == "auto"
+                                                      and run.seeds > 1)
 
     @property
-    def collector(self) -> HostCollector:
-        """The training envs and their workers, started on first use (evaluation and
+    def collectors(self) -> list[HostCollector]:
+        """Each seed's training envs and their workers, started on first use (evaluation and
         rendering of a saved run need none)."""
-        if self._collector is None:
+        if self._collectors is None:
             run = self.config.run
             policy = numpy_policy(self.algo) if run.host_act == "numpy" else None
-            self._collector = HostCollector(self.team_env, self._act, run.seeds, run.num_envs,
-                                            run.rollout_length, run.seed, numpy_policy=policy)
-            self._collector.reset()
-        return self._collector
+            self._collectors = []
+            for s in range(run.seeds):
+                collector = HostCollector(self.team_env, self._act, 1, run.num_envs,
+                                          run.rollout_length, run.seed + s,
+                                          numpy_policy=policy)
+                self._collectors.append(collector)
+                collector.reset()
+        return self._collectors
+
+    @property
+    def timings(self) -> dict:
+        """Seconds spent so far: ``rollout`` (stepping the envs, actions included), ``act``
+        (the action calls) and ``update`` (the compiled updates, or with ``host_overlap`` the
+        time spent waiting for them)."""
+        totals = {"rollout": 0.0, "act": 0.0}
+        for collector in self._collectors or ():
+            for name in totals:
+                totals[name] += collector.timings[name]
+        return {**totals, "update": self._update_time}
+
+    def reset_timings(self) -> None:
+        for collector in self._collectors or ():
+            for name in collector.timings:
+                collector.timings[name] = 0.0
+        self._update_time = 0.0
 
     def _init_one(self, key) -> Runner:
         init_key, _, key = jax.random.split(key, 3)  # same key use as compiled envs
@@ -72,55 +105,78 @@ class HostTrainer(Trainer):
         finite = all_finite(ts)
         return ts, {**metrics, "params_finite": finite, "reward_mean": reward.mean()}
 
-    def _seed_major(self, arrays):
-        """[T, S·E, ...] -> [T, S, E, ...] views, the layout ``_update_seeds`` maps over."""
-        S, E = self.config.run.seeds, self.config.run.num_envs
-        return jax.tree.map(lambda x: x.reshape(x.shape[:1] + (S, E) + x.shape[2:]), arrays)
-
-    def _one_update(self, runner: Runner):
-        import time
-
-        import numpy as np
-
-        keys = self._split(runner.key)
-        next_key, rollout_key, update_key = keys[:, 0], keys[:, 1], keys[:, 2]
-        arrays, stats = self.collector.collect(runner.train_state, rollout_key)
-        t0 = time.perf_counter()
-        update = self._compiled_update or self._update_seeds
-        ts, metrics = update(runner.train_state, self._seed_major(arrays), update_key)
-        metrics = jax.tree.map(np.asarray, metrics)
-        self.collector.timings["update"] = (self.collector.timings.get("update", 0.0)
-                                            + time.perf_counter() - t0)
-        metrics.update(episodes=stats.count, return_sum=stats.return_sum,
-                       return_min=stats.return_min, return_max=stats.return_max)
-        if self.spec.has_wins:
-            metrics["win_sum"] = stats.win_count
-        for k, name in enumerate(self.spec.episode_metrics):
-            metrics[EPISODE_SUM + name] = stats.metric_sum[:, k]
-            metrics[EPISODE_COUNT + name] = stats.metric_count[:, k]
-        return Runner(ts, None, next_key, runner.updates + 1), metrics
+    @staticmethod
+    def _seed_major(arrays):
+        """One seed's [T, E, ...] rollout arrays -> [T, 1, E, ...] views (its seed axis)."""
+        return jax.tree.map(lambda x: x.reshape(x.shape[:1] + (1,) + x.shape[1:]), arrays)
 
     def compile_chunk(self, runner: Runner, num_updates: int):
         """Compile the update ahead of time (the action function compiles on its first call);
         returns runner -> (runner, metrics dict of [S, K] arrays)."""
         if self._compiled_update is None:
-            c = self.collector
+            c = self.collectors[0]
             arrays = (c.obs, c.final_obs, c.action, c.log_prob, c.reward, c.terminated,
                       c.truncated)
-            keys = self._split(runner.key)[:, 2]
-            self._compiled_update = self._update_seeds.lower(
-                runner.train_state, self._seed_major(arrays), keys).compile()
+            keys = self._split(runner.key)[:1, 2]
+            one_seed = jax.tree.map(lambda x: x[:1], runner.train_state)
+            self._compiled_update = self._update_seed.lower(
+                one_seed, self._seed_major(arrays), keys).compile()
         return lambda r: self.run_chunk(r, num_updates)
 
     def run_chunk(self, runner: Runner, num_updates: int):
+        """K updates of every seed: -> (runner, metrics dict of [S, K] arrays). Seed s's
+        rollout waits for seed s's previous update only (with ``host_overlap``)."""
+        import time
+
         import numpy as np
 
-        rows = []
+        S = self.config.run.seeds
+        update = self._compiled_update or self._update_seed
+        states = [jax.tree.map(lambda x: x[s:s + 1], runner.train_state) for s in range(S)]
+        key = runner.key
+        pending = []  # per update: [(metrics of seed s, its episode stats)], not yet fetched
         for _ in range(num_updates):
-            runner, metrics = self._one_update(runner)
-            rows.append(metrics)
-        stacked = {name: np.stack([m[name] for m in rows], axis=1) for name in rows[0]}
-        return runner, stacked
+            keys = np.asarray(self._split(key))  # [S, 3, 2]: next, rollout, update
+            key = keys[:, 0]
+            seeds = []
+            for s, collector in enumerate(self.collectors):
+                t0 = time.perf_counter()
+                # Its last update done (it read the buffers this rollout will overwrite).
+                jax.block_until_ready(states[s])
+                self._update_time += time.perf_counter() - t0
+                arrays, stats = collector.collect(states[s], keys[s:s + 1, 1])
+                t0 = time.perf_counter()
+                states[s], metrics = update(states[s], self._seed_major(arrays),
+                                            keys[s:s + 1, 2])
+                if not self.overlap:
+                    jax.block_until_ready(states[s])
+                self._update_time += time.perf_counter() - t0
+                seeds.append((metrics, stats))
+            pending.append(seeds)
+        t0 = time.perf_counter()
+        rows = [self._metrics_row(seeds) for seeds in pending]
+        train_state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
+        self._update_time += time.perf_counter() - t0
+        stacked = {name: np.stack([row[name] for row in rows], axis=1) for name in rows[0]}
+        return Runner(train_state, None, key, runner.updates + num_updates), stacked
+
+    def _metrics_row(self, seeds) -> dict:
+        """One update's metrics of every seed ({name: [S]}) from each seed's update metrics
+        and episode stats."""
+        import numpy as np
+
+        metrics = {name: np.concatenate([np.asarray(m[name]) for m, _ in seeds])
+                   for name in seeds[0][0]}
+        stat = lambda name: np.concatenate([getattr(st, name) for _, st in seeds])
+        metrics.update(episodes=stat("count"), return_sum=stat("return_sum"),
+                       return_min=stat("return_min"), return_max=stat("return_max"))
+        if self.spec.has_wins:
+            metrics["win_sum"] = stat("win_count")
+        metric_sum, metric_count = stat("metric_sum"), stat("metric_count")
+        for k, name in enumerate(self.spec.episode_metrics):
+            metrics[EPISODE_SUM + name] = metric_sum[:, k]
+            metrics[EPISODE_COUNT + name] = metric_count[:, k]
+        return metrics
 
     def evaluation_returns(self, train_state, keys, episodes: int, deterministic: bool):
         """(returns, won) [S, episodes] of the first episode of ``episodes`` fresh host envs
@@ -186,8 +242,8 @@ class HostTrainer(Trainer):
         return result
 
     def close(self) -> None:
-        if self._collector is not None:
-            self._collector.close()
+        for collector in self._collectors or ():
+            collector.close()
         if self._eval_env is not None:
             self._eval_env.close()
 
