@@ -300,4 +300,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # The docs describe teamrl itself, not the plugins installed beside it (entry points).
+    os.environ.setdefault("TEAMRL_NO_PLUGINS", "1")
     sys.exit(main())

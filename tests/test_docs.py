@@ -188,6 +188,19 @@ def test_adding_an_algorithm_example_traces(monkeypatch):
             registry.update(before)
 
 
+def test_quickstart_policy_example_runs(tmp_path, monkeypatch, fast_compile):
+    """quickstart.md's "Use a trained policy": train (a few hundred steps), export to both
+    formats, then the Python block as written."""
+    page = DOCS / "quickstart.md"
+    blocks = [(lang, body) for lang, info, body in code_blocks(page) if "test-policy" in info]
+    assert [lang for lang, _ in blocks] == ["bash", "python"]
+    monkeypatch.chdir(tmp_path)
+    for line in shell_commands(blocks[0][1]):
+        run_command(line, monkeypatch)
+    assert (tmp_path / "spread.jaxexport").is_file() and (tmp_path / "spread.npz").is_file()
+    exec_block(blocks[1][1], page, monkeypatch)
+
+
 def test_generated_docs_are_up_to_date():
     gen = generator()
     stale = [str(path.relative_to(DOCS.parent)) for path, text in gen.expected_files().items()

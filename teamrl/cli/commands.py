@@ -40,6 +40,14 @@ sweep before anything runs. Ends with `teamrl report` in OUT/report. dry_run=tru
 runs and their state. backend=ray runs them as Ray tasks (pip install "teamrl[ray]") on the
 cluster at address=HOST:PORT, or on a local Ray instance without address."""
 
+EXPORT_HELP = """Write one seed's trained policy from RUN_DIR's best (else latest) checkpoint to a
+self-contained file that teamrl.load_exported(FILE) reads without the run folder:
+out=FILE.jaxexport (jax.export serialisations of the deterministic and the sampling action
+function, parameters included, any batch size; every algorithm; needs the flatbuffers
+package) or out=FILE.npz (the NumPy weights the host runner acts with; feed-forward
+actor-critic actors). Settings: out=FILE (required), checkpoint=best|latest, seed=N (a seed of
+the run; default its first), overwrite=false."""
+
 INSTALL_HELP = """Install an optional environment that pip alone cannot. football: Google Research
 Football (gfootball 2.10.2, compiled from source, about 3 minutes on 2 cores): installs the
 Debian packages it needs with apt-get when run as root (otherwise names them), then gym 0.25.2
@@ -75,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("settings", nargs="*", metavar="key=value",
                    help="episodes=N deterministic=true|false checkpoint=best|latest "
                         "render=FILE.gif|.mp4 fps=N")
+
+    x = sub.add_parser("export", help="write a run's policy to a self-contained file "
+                       "(.jaxexport or .npz)", description=EXPORT_HELP)
+    x.add_argument("run_dir")
+    x.add_argument("settings", nargs="*", metavar="key=value",
+                   help="out=FILE.jaxexport|FILE.npz checkpoint=best|latest seed=N "
+                        "overwrite=false")
 
     pl = sub.add_parser("plot", help="learning curves of run folders, mean and bootstrap CI",
                         description=PLOT_HELP)
@@ -236,6 +251,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from teamrl.config import coerce
+
+    settings = parse_key_values(args.settings)
+    allowed = {"out", "checkpoint", "seed", "overwrite"}
+    bad = sorted(set(settings) - allowed)
+    if bad:
+        raise ConfigError(f"unknown export key {bad[0]!r}" + suggest(bad[0], allowed,
+                                                                      "valid keys"))
+    if not settings.get("out"):
+        raise ConfigError("export needs out=FILE ending in .jaxexport or .npz")
+    checkpoint = settings.get("checkpoint", "best")
+    if checkpoint not in ("best", "latest"):
+        raise ConfigError(f"checkpoint={checkpoint!r} is not valid; valid choices: best, latest")
+    seed = coerce("seed", settings["seed"], int) if "seed" in settings else None
+    overwrite = coerce("overwrite", settings.get("overwrite", "false"), bool)
+    check_output_path(settings["out"], folder=False)
+    from teamrl.train.policy import export_policy
+
+    result = export_policy(args.run_dir, settings["out"], checkpoint, seed, overwrite)
+    print(f"[teamrl] exported {result['algo']} on {result['env_id']} (seed {result['seed']}, "
+          f"{result['checkpoint']} checkpoint at {result['env_steps']} env steps) to "
+          f"{result['file']} ({result['bytes']:,} bytes); load it with "
+          f"teamrl.load_exported({result['file']!r})")
+    return 0
+
+
 def cmd_plot(args) -> int:
     import re
 
@@ -391,7 +433,8 @@ def cmd_install(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "plot": cmd_plot,
+    handlers = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval,
+                "export": cmd_export, "plot": cmd_plot,
                 "report": cmd_report, "sweep": cmd_sweep, "list": cmd_list,
                 "install": cmd_install}
     from teamrl.runs import CheckpointError

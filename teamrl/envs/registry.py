@@ -397,7 +397,140 @@ def _host_entries() -> dict[str, EnvEntry]:
     return entries
 
 
-REGISTRY: dict[str, EnvEntry] = {**_entries(), **_smax_entries(), **_host_entries()}
+# ------------------------------------------------------------------------------ plugins
+ENV_PLUGIN_GROUP = "teamrl.envs"
+
+
+class PluginRegistry(dict):
+    """A dict of names that adds the entry points of ``group`` (installed packages' plugins,
+    ``importlib.metadata``) on its first read, so that importing teamrl imports no plugin.
+
+    ``add(entry_point, loaded_object)`` registers what one entry point loaded. A plugin that
+    fails (importing it, or registering) is reported as one line on stderr naming it and its
+    entry point, and left out; everything else works. ``TEAMRL_NO_PLUGINS=1`` loads none.
+    Writes (``registry[name] = ...``) do not load plugins."""
+
+    def __init__(self, group: str, add: Callable[[Any, Any], None], entries=()):
+        super().__init__(entries)
+        self.group, self._add, self._loaded = group, add, False
+        self.failures: dict[str, str] = {}  # entry point name -> the one-line report
+
+    def load_plugins(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # first: a plugin registering its names reads the registry
+        import os
+
+        if os.environ.get("TEAMRL_NO_PLUGINS", "") not in ("", "0"):
+            return
+        import sys
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=self.group):
+            try:
+                self._add(point, point.load())
+            except (Exception, SystemExit) as err:  # noqa: BLE001 - any plugin fault: one line
+                dist = getattr(getattr(point, "dist", None), "name", None)
+                why = (str(err).strip().splitlines() or [""])[0][:200]
+                line = (f"teamrl: warning: plugin {dist or point.name!r} failed to load "
+                        f"(entry point {self.group}: {point.name} = {point.value}): "
+                        f"{type(err).__name__}: {why}; continuing without it")
+                self.failures[point.name] = line
+                print(line, file=sys.stderr)
+
+    def __getitem__(self, name):
+        self.load_plugins()
+        return super().__getitem__(name)
+
+    def __contains__(self, name) -> bool:
+        self.load_plugins()
+        return super().__contains__(name)
+
+    def __iter__(self):  # (overriding it also routes dict(registry) through keys())
+        self.load_plugins()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self.load_plugins()
+        return super().__len__()
+
+    def get(self, name, default=None):
+        self.load_plugins()
+        return super().get(name, default)
+
+    def keys(self):
+        self.load_plugins()
+        return super().keys()
+
+    def values(self):
+        self.load_plugins()
+        return super().values()
+
+    def items(self):
+        self.load_plugins()
+        return super().items()
+
+    def copy(self) -> dict:
+        self.load_plugins()
+        return dict(super().items())
+
+
+def register_env(env_id: str, factory: Callable[[Any], Any], options: type | None = None,
+                 description: str = "", host: bool = False, overwrite: bool = False) -> EnvEntry:
+    """Add env id ``family/task`` to the registry (what ``teamrl list``, ``teamrl train`` and
+    every command see). ``factory(options)`` returns a JaxMARL-API env, or ``(env, adapter
+    keyword arguments)`` (``time_limit_is_truncation``, ``max_steps``; see
+    docs/adding_an_environment.md); ``options``: a dataclass of ``option(...)`` fields, the
+    config's ``env`` section (default: none). Raises ConfigError (one line) for a malformed
+    id, a non-callable factory, or an id already registered without ``overwrite``."""
+    import dataclasses
+
+    family, _, task = env_id.partition("/") if isinstance(env_id, str) else ("", "", "")
+    if not family or not task or any(c.isspace() for c in env_id):
+        raise ConfigError(f"env id {env_id!r} is not valid; valid: 'family/task' without "
+                          "spaces, e.g. 'mine/beacon'")
+    if family == "pettingzoo":
+        raise ConfigError(f"env id {env_id!r}: pettingzoo/<module> ids need no registration "
+                          "(any module with parallel_env works); choose another family")
+    if not callable(factory):
+        raise ConfigError(f"register_env({env_id!r}): factory {factory!r} is not callable; "
+                          "valid: a function options -> env or (env, adapter kwargs)")
+    options = NoOptions if options is None else options
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise ConfigError(f"register_env({env_id!r}): options={options!r} is not a dataclass "
+                          "class; valid: a @dataclass of option(...) fields, or None")
+    if env_id in REGISTRY and not overwrite:
+        known = REGISTRY[env_id].description
+        raise ConfigError(f"env id {env_id!r} is already registered ({known}); pass "
+                          "overwrite=True to replace it")
+
+    def build(opts):
+        made = factory(opts)
+        if isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], dict):
+            return made
+        return made, {}
+
+    entry = EnvEntry(env_id, description or f"{env_id} (registered)", options, build, host)
+    REGISTRY[env_id] = entry
+    return entry
+
+
+def _add_env_plugin(point, loaded) -> None:
+    """An entry point of group ``teamrl.envs`` names an :class:`EnvEntry` or a function of no
+    arguments that calls :func:`register_env` for each of its ids."""
+    if isinstance(loaded, EnvEntry):
+        if loaded.env_id in REGISTRY:
+            raise ConfigError(f"env id {loaded.env_id!r} is already registered")
+        REGISTRY[loaded.env_id] = loaded
+    elif callable(loaded):
+        loaded()
+    else:
+        raise ConfigError(f"{point.value} is a {type(loaded).__name__}; valid: an EnvEntry "
+                          "or a function that calls teamrl.register_env")
+
+
+REGISTRY: dict[str, EnvEntry] = PluginRegistry(
+    ENV_PLUGIN_GROUP, _add_env_plugin, {**_entries(), **_smax_entries(), **_host_entries()})
 
 
 def list_env_ids() -> list[str]:
@@ -422,6 +555,9 @@ def get_entry(env_id: str) -> EnvEntry:
             hint = (suggest(env_id, same_family, f"valid {family} ids") if same_family else
                     f"; valid families: {', '.join(families)}, pettingzoo/<module>, "
                     f"gymnasium/<id> (`teamrl list` shows all {len(REGISTRY)} ids)")
+        failed = getattr(REGISTRY, "failures", {})
+        if failed:  # the id may be a broken plugin's
+            hint += f" (plugins that failed to load: {', '.join(sorted(failed))})"
         raise EnvIdError(f"unknown env id {env_id!r}{hint}")
     return REGISTRY[env_id]
 
