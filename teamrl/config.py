@@ -355,7 +355,14 @@ def memory_estimates(config: Config, spec=None) -> list[tuple[str, int]]:
             f"{run.seeds}*{a}*{obs + state}*4)",
             run.eval_episodes * run.seeds * a * (obs + state) * f)]
     buffer = getattr(config.algo, "buffer_size", None)
-    if buffer is not None:
+    episodes = getattr(config.algo, "buffer_episodes", None)
+    limit = getattr(spec, "max_steps", 0) or 0
+    if net.recurrent and isinstance(episodes, int) and episodes > 0:
+        if limit > 0:  # whole episodes padded to the step limit (teamrl/core/replay.py)
+            out.append((f"the episode replay (buffer_episodes*seeds*(max_steps+1)*agents*obs*4 "
+                        f"bytes = {episodes}*{run.seeds}*{limit + 1}*{a}*{obs}*4)",
+                        episodes * run.seeds * (limit + 1) * a * obs * f))
+    elif buffer is not None:
         out.append((f"the replay buffer (buffer_size*seeds*agents*2*(obs+state)*4 bytes = "
                     f"{buffer}*{run.seeds}*{a}*2*{obs + state}*4)",
                     buffer * run.seeds * a * 2 * (obs + state) * f))

@@ -258,8 +258,8 @@ def test_recurrent_config_errors_are_one_line():
 
     with pytest.raises(ConfigError, match="chunk_length=7 must divide rollout_length=32"):
         trainer_for("mappo", "smax/3m", recurrent="true", chunk_length=7, rollout_length=32)
-    with pytest.raises(ConfigError, match="recurrent=true is not available for 'iql'"):
-        trainer_for("iql", "smax/3m", recurrent="true")
+    with pytest.raises(ConfigError, match="recurrent=true is not available for 'mdpo'"):
+        trainer_for("mdpo", "smax/3m", recurrent="true")
 
 
 def test_network_config_defaults_are_feed_forward():

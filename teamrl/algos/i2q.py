@@ -18,10 +18,15 @@ Q-network then regresses on a mix of that "ideal" target and IQL's own (double D
 
 λ = 0.2 is the authors' default (their sweep: 0.1, 0.2, 0.3). All three networks are per
 agent (stacked on the agent axis, or shared with ``share_q``), each with its own Adam and
-gradient clipping, and their targets are updated together on IQL's schedule. Two small
-departures from the authors' SMAC code: Q_ss and V read the agent's observations (theirs read
-the recurrent agents' hidden states; our agents are feed-forward), and the V loss is a plain
-masked mean (theirs divides by the sum of the expectile weights, a per-batch rescaling).
+gradient clipping, and their targets are updated together on IQL's schedule. With
+feed-forward agents Q_ss and V read the agent's observations o, o'. With recurrent agents
+(``recurrent=true``, the authors' SMAC setting; whole episodes replayed as in ``iql.py``) they
+read, as the authors' SMAC learner does, the hidden states h_t, h_{t+1} of the agent's
+*target* Q-network unrolled over the episode (no gradient through them): Q_ss(h_t, h_{t+1}),
+V(h_t), every loss a masked mean over the episode's filled slots. Departures from the
+authors' SMAC code: Q_ss and V are MLPs of the network section's ``hidden_sizes`` (theirs:
+256, 256), Adam instead of RMSprop, and the V loss is a plain masked mean (theirs divides by
+the sum of the expectile weights, a per-batch rescaling).
 
 On λ: the normalisation λ = α / mean|Q_ss| belongs to the continuous-action variant, where
 it weighs Q_ss against a squared error in the forward model's loss; in the discrete mixed
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from teamrl.algos.iql import IQL, IQLConfig, take_action
+from teamrl.algos.iql import IQL, IQLConfig, masked_mean, take_action
 from teamrl.config import option
 from teamrl.core.nets import AgentStack
 
@@ -94,11 +99,40 @@ class I2Q(IQL):
             ContinuousI2Q.check(spec, cfg, run)
 
     def networks(self):
-        """Q_i(o) -> [A], Q_ss,i(o, o') -> [1] on the concatenation [2D], V_i(o) -> [1]."""
-        n, d = self.spec.n_agents, self.spec.obs_dim
+        """Q_i(o) -> [A], Q_ss,i(o, o') -> [1] on the concatenation [2D], V_i(o) -> [1]
+        (recurrent: Q_ss,i(h, h') on [2H] and V_i(h), h the GRU's hidden state)."""
+        n = self.spec.n_agents
+        d = self.net.gru_size if self.recurrent else self.spec.obs_dim
         return {**super().networks(),
                 "qss": (AgentStack(self.mlp(1), n, self.shared), 2 * d),
                 "v": (AgentStack(self.mlp(1), n, self.shared), d)}
+
+    def recurrent_agent_loss(self, params_one: dict, target_one: dict, d: dict):
+        """One agent's Q, Q_ss and V losses on whole episodes d (leaves [B, L+1, ...]), each a
+        masked mean over the filled slots. Q_ss and V read the target Q-network's hidden
+        states h [B, L+1, H] from the same unroll that gives the Q targets."""
+        cfg = self.cfg
+        nets = self.networks()
+        apply = lambda name, p, x: nets[name][0].module.apply(p[name], x)[..., 0]
+        q_target, h = self.unroll(target_one["q"], d["obs"], hidden=True)
+        h = jax.lax.stop_gradient(h)
+        here, after = h[:, :-1], h[:, 1:]                                  # [B, L, H]
+        not_done = 1.0 - d["terminated"][:, :-1].astype(jnp.float32)
+        ideal_target = jax.lax.stop_gradient(
+            d["reward"][:, :-1] + cfg.gamma * not_done * apply("v", target_one, after))
+        transition = jnp.concatenate([here, after], axis=-1)               # [B, L, 2H]
+        q_taken, iql_target, mask = self.sequence_td(params_one, target_one, d, q_target)
+        qss_loss = masked_mean((apply("qss", params_one, transition) - ideal_target) ** 2,
+                               mask)
+        qss_target = jax.lax.stop_gradient(apply("qss", target_one, transition))
+        value = apply("v", params_one, here)
+        v_loss = masked_mean(expectile_loss(qss_target - value, cfg.expectile), mask)
+        td_error = q_taken - (cfg.lamb * ideal_target + (1.0 - cfg.lamb) * iql_target)
+        q_loss = masked_mean(td_error**2, mask)
+        metrics = {"q_loss": q_loss, "qss_loss": qss_loss, "v_loss": v_loss,
+                   "q_taken": masked_mean(q_taken, mask), "v_mean": masked_mean(value, mask),
+                   "td_abs": masked_mean(jnp.abs(td_error), mask)}
+        return q_loss + qss_loss + v_loss, metrics
 
     def agent_loss(self, params_one: dict, target_one: dict, d: dict):
         """One agent's Q, Q_ss and V losses on its replay columns (leaves [B, ...]).
@@ -106,6 +140,8 @@ class I2Q(IQL):
         The three losses share no parameters and each uses only target networks for its
         regression target, so one gradient of their sum is the three separate gradients.
         All three are values, trained on every sample, dead agents' too (see IQL's loss)."""
+        if self.recurrent:
+            return self.recurrent_agent_loss(params_one, target_one, d)
         cfg = self.cfg
         nets = self.networks()
         apply = lambda name, p, x: nets[name][0].module.apply(p[name], x)

@@ -109,8 +109,8 @@ class ContinuousI2Q(IQL):
     """Continuous-action I2Q (module doc). Built by ``I2Q`` for continuous envs; it shares
     IQL's replay, update schedule, target updates, checkpointing and resume."""
 
-    def __init__(self, spec, cfg, net, total_updates: int):
-        super().__init__(spec, cfg, net, total_updates)
+    def __init__(self, spec, cfg, net, total_updates: int, num_envs: int = 1):
+        super().__init__(spec, cfg, net, total_updates, num_envs)
         low = np.asarray(spec.action_low, np.float32)
         high = np.asarray(spec.action_high, np.float32)
         self.action_mask = spec.action_mask                        # [N, A] bool

@@ -27,6 +27,18 @@ How it plugs into the on-policy Trainer (rollout -> update, one compiled scan):
 * ``policy_action``: greedy over available actions (deterministic evaluation), or ε-greedy
   with ε = eps_end (stochastic evaluation: the behaviour at the end of the schedule).
 
+Recurrent agents (``recurrent=true``; PyMARL's RNN agents on SMAC): Q_i is
+hidden_sizes Dense -> GRU(gru_size) -> Dense(A), and the replay stores whole episodes
+(``replay.EpisodeBuffer``: ``buffer_episodes`` episodes padded to the env's step limit L,
+with a ``filled`` mask). Each gradient step samples ``batch_episodes`` episodes uniformly,
+unrolls the online and the target network over all L + 1 slots from a zero hidden state at
+the episode start (no stored hidden states, no burn-in: as PyMARL), and takes the double DQN
+targets above from the two unrolls one slot on, so the target network's hidden state at o'
+has seen the same history as the online one at o. The loss is the masked mean of the squared
+TD errors over the filled slots (padding contributes nothing). Acting carries each env's
+hidden state through the rollout (``Memory.actor``), zeroed where an episode starts; the
+same holds in evaluation. ``chunk_length`` does not apply.
+
 MA2QL (``ma2ql.py``) and I2Q (``i2q.py``) reuse all of this and change one piece each: which
 agent learns, and the regression target.
 """
@@ -42,12 +54,12 @@ import jax.numpy as jnp
 import optax
 
 from teamrl.core import replay
-from teamrl.algos.common import AgentOptimizer
+from teamrl.algos.common import AgentOptimizer, OnPolicyActorCritic
 from teamrl.config import ConfigError, NetworkConfig, option
 from teamrl.envs.spec import TeamObs, TeamSpec
-from teamrl.core.nets import MLP, AgentStack
+from teamrl.core.nets import MLP, AgentStack, GRUNet, RecurrentInput
 from teamrl.core.policies import MaskedCategorical
-from teamrl.core.rollout import Batch
+from teamrl.core.rollout import Batch, Memory
 
 
 @dataclass
@@ -77,6 +89,9 @@ class IQLConfig:
     eps_decay_steps: int = option(50_000, "env steps (all envs summed) of the linear epsilon "
                                   "decay", low=0)
     share_q: bool = option(False, "one Q-network shared by all agents (with agent ids)")
+    buffer_episodes: int = option(5000, "recurrent=true: replay capacity in whole episodes "
+                                  "(each padded to the env's step limit)", low=1)
+    batch_episodes: int = option(32, "recurrent=true: episodes per gradient step", low=1)
 
     @property
     def share_actor(self) -> bool:
@@ -87,6 +102,9 @@ class IQLConfig:
         if self.batch_size > self.buffer_size:
             raise ConfigError(f"batch_size={self.batch_size} must be <= buffer_size="
                               f"{self.buffer_size}")
+        if self.batch_episodes > self.buffer_episodes:
+            raise ConfigError(f"batch_episodes={self.batch_episodes} must be <= "
+                              f"buffer_episodes={self.buffer_episodes}")
         if self.eps_end > self.eps_start:  # a schedule that explores more later: swapped
             raise ConfigError(f"eps_end={self.eps_end!r} must be <= eps_start="
                               f"{self.eps_start!r}")
@@ -98,7 +116,8 @@ class QTrainState:
 
     params, target_params: {network name: parameters}, each stacked [N, ...] or shared.
     opt_state: {network name: optimiser state} (per agent when stacked).
-    buffer: replay buffer of transitions (see ``IQL.example_transition``).
+    buffer: replay buffer of transitions (see ``IQL.example_transition``), or with
+        recurrent=true a ``replay.EpisodeBuffer`` of whole episodes (``IQL.example_step``).
     env_steps: [] int32 env steps collected (all envs summed); drives ε and learning_starts.
     grad_steps: [] int32 gradient steps taken; drives target updates.
     algo_state: anything one algorithm adds (MA2QL's turn counter).
@@ -107,7 +126,7 @@ class QTrainState:
     params: Any
     target_params: Any
     opt_state: Any
-    buffer: replay.ReplayBuffer
+    buffer: replay.ReplayBuffer | replay.EpisodeBuffer
     env_steps: jax.Array
     grad_steps: jax.Array
     algo_state: Any = ()
@@ -175,6 +194,22 @@ def agent_major(sample: dict, n_agents: int) -> dict:
     return jax.tree.map(move, sample)
 
 
+def episode_agent_major(episodes: dict, n_agents: int) -> dict:
+    """Episode sample leaves [B, L+1, N, ...] (or team-level [B, L+1]) -> [N, B, L+1, ...]."""
+    def move(x):
+        if x.ndim == 2:
+            return jnp.broadcast_to(x, (n_agents,) + x.shape)
+        return jnp.moveaxis(x, 2, 0)
+
+    return jax.tree.map(move, episodes)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of x over the entries where mask is true (0 when there are none)."""
+    mask = mask.astype(x.dtype)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def take_agent(stacked, agent):
     """Leaves [N, ...] -> agent ``agent``'s slice [...] (``agent`` may be traced)."""
     return jax.tree.map(lambda x: x[agent], stacked)
@@ -192,10 +227,23 @@ class IQL:
 
     config_class = IQLConfig
     action_kinds = ("discrete",)
+    supports_recurrent = True
+    # recurrent=true replays whole episodes: the builder passes num_envs (for the envs'
+    # running episodes) and chunk_length does not apply.
+    episode_replay = True
 
-    def __init__(self, spec: TeamSpec, cfg: IQLConfig, net: NetworkConfig, total_updates: int):
+    def __init__(self, spec: TeamSpec, cfg: IQLConfig, net: NetworkConfig, total_updates: int,
+                 num_envs: int = 1):
         self.spec, self.cfg, self.net = spec, cfg, net
         self.shared = cfg.share_q
+        self.recurrent = net.recurrent
+        self.num_envs = num_envs
+        if self.recurrent and not spec.discrete:
+            raise ConfigError(f"recurrent=true needs discrete actions for the value-based "
+                              f"learners; {spec.env_id!r} has continuous actions")
+        if self.recurrent and not spec.max_steps:
+            raise ConfigError(f"recurrent=true stores whole episodes and needs the env's step "
+                              f"limit; {spec.env_id!r} declares none")
         # Per-network optax chains: clipping per agent (vmapped) and per network, as PyMARL.
         tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
                          optax.adam(cfg.lr, eps=cfg.adam_eps))
@@ -207,15 +255,39 @@ class IQL:
         n = self.net
         return MLP(tuple(n.hidden_sizes), out_dim, n.activation, n.layer_norm, out_gain=1.0)
 
+    def q_module(self):
+        """Q_i(o_i) -> [A]: an MLP, or (recurrent) Dense layers -> GRU -> Dense."""
+        n, a = self.net, self.spec.action_dim
+        if self.recurrent:
+            return GRUNet(tuple(n.hidden_sizes), n.gru_size, a, n.activation, n.layer_norm,
+                          out_gain=1.0)
+        return self.mlp(a)
+
     def networks(self) -> dict[str, tuple[AgentStack, int]]:
         """{name: (per-agent network, input width)}; IQL learns only Q_i(o_i) -> [A]."""
-        return {"q": (AgentStack(self.mlp(self.spec.action_dim), self.spec.n_agents,
-                                 self.shared), self.spec.obs_dim)}
+        return {"q": (AgentStack(self.q_module(), self.spec.n_agents, self.shared),
+                      self.spec.obs_dim)}
 
     def q_values(self, params: dict, obs: jax.Array) -> jax.Array:
-        """obs [..., N, D] -> Q-values [..., N, A] of every agent."""
+        """obs [..., N, D] -> Q-values [..., N, A] of every agent (feed-forward)."""
         stack, _ = self.networks()["q"]
         return stack.apply(params["q"], obs)
+
+    def unroll(self, q_params, obs: jax.Array, hidden: bool = False):
+        """One agent's Q over whole episodes from a zero hidden state at each one's first
+        slot: obs [B, L+1, D] -> Q [B, L+1, A]; with ``hidden`` also the GRU's outputs
+        (its hidden states after each slot) [B, L+1, H]."""
+        b, slots = obs.shape[:2]
+        module = self.q_module()
+        start = jnp.broadcast_to(jnp.arange(slots) == 0, (b, slots)).astype(jnp.float32)
+        inp = RecurrentInput(obs.reshape((b * slots, -1)),
+                             jnp.zeros((b * slots, module.gru_size)),
+                             start.reshape((b * slots, 1)), seq_len=slots)
+        if not hidden:
+            return module.apply(q_params, inp)[0].reshape((b, slots, -1))
+        (q, _), state = module.apply(q_params, inp, mutable=["intermediates"])
+        h = state["intermediates"]["hidden"][0]
+        return q.reshape((b, slots, -1)), h.reshape((b, slots, -1))
 
     @classmethod
     def check(cls, spec: TeamSpec, cfg: IQLConfig, run) -> None:
@@ -234,13 +306,26 @@ class IQL:
                 "next_obs": jnp.zeros((n, d), jnp.float32),
                 "next_avail": jnp.zeros((n, a), bool), "terminated": jnp.zeros((), bool)}
 
+    def example_step(self) -> dict:
+        """One step of a stored episode (recurrent=true): obs [N, D] and avail [N, A] (at slot
+        t the step's, at slot ``length`` the last step's next observation), action [N] int32,
+        team reward [] and terminated []; ``replay.init_episodes`` adds ``filled``."""
+        n, d, a = self.spec.n_agents, self.spec.obs_dim, self.spec.action_dim
+        return {"obs": jnp.zeros((n, d), jnp.float32), "avail": jnp.zeros((n, a), bool),
+                "action": jnp.zeros((n,), jnp.int32), "reward": jnp.zeros((), jnp.float32),
+                "terminated": jnp.zeros((), bool)}
+
     def init(self, key: jax.Array) -> QTrainState:
         networks = self.networks()
         keys = dict(zip(networks, jax.random.split(key, len(networks))))
         params = {name: stack.init(keys[name], in_dim)
                   for name, (stack, in_dim) in networks.items()}
         opt_state = {name: self.tx.init(p) for name, p in params.items()}
-        buffer = replay.init(self.example_transition(), self.cfg.buffer_size)
+        if self.recurrent:
+            buffer = replay.init_episodes(self.example_step(), self.cfg.buffer_episodes,
+                                          self.spec.max_steps, self.num_envs)
+        else:
+            buffer = replay.init(self.example_transition(), self.cfg.buffer_size)
         return QTrainState(params, params, opt_state, buffer, jnp.int32(0), jnp.int32(0),
                            self.init_algo_state())
 
@@ -271,6 +356,41 @@ class IQL:
             return masked_argmax(q, obs.avail)
         return epsilon_greedy(q, obs.avail, key, self.cfg.eps_end)
 
+    # ---------------------------------------------------------- recurrent acting
+    def init_memory(self, num_envs: int) -> Memory:
+        """Zero GRU states [E, N, H] for envs whose next observation starts an episode (no
+        critic: ``Memory.critic`` is an empty [E, 0])."""
+        n, h = self.spec.n_agents, self.net.gru_size
+        return Memory(jnp.zeros((num_envs, n, h)), jnp.zeros((num_envs, 0)),
+                      jnp.ones((num_envs,), bool))
+
+    def recurrent_q(self, ts: QTrainState, obs: TeamObs, memory: Memory):
+        """One step of E envs: -> (Q [E, N, A], GRU states after the step [E, N, H])."""
+        stack, _ = self.networks()["q"]
+        return stack.apply(ts.params["q"], OnPolicyActorCritic.step_input(
+            obs.obs, memory.actor, memory.start))
+
+    def recurrent_act(self, ts: QTrainState, obs: TeamObs, key: jax.Array, memory: Memory):
+        """ε-greedy with hidden states: -> (action [E, N], zeros, zeros, memory after)."""
+        q, h = self.recurrent_q(ts, obs, memory)
+        action = epsilon_greedy(q, obs.avail, key, self.epsilon(ts.env_steps))
+        zeros = jnp.zeros(action.shape, jnp.float32)
+        return action, zeros, zeros, memory._replace(actor=h)
+
+    def recurrent_value(self, ts: QTrainState, obs: TeamObs, memory: Memory) -> jax.Array:
+        """[E, N] zeros (no critic)."""
+        return jnp.zeros(obs.obs.shape[:-1], jnp.float32)
+
+    def recurrent_policy_action(self, ts: QTrainState, obs: TeamObs, key: jax.Array,
+                                deterministic: bool, memory: Memory):
+        """Greedy, or ε-greedy with ε = eps_end, with hidden states: -> (action, memory)."""
+        q, h = self.recurrent_q(ts, obs, memory)
+        if deterministic:
+            action = masked_argmax(q, obs.avail)
+        else:
+            action = epsilon_greedy(q, obs.avail, key, self.cfg.eps_end)
+        return action, memory._replace(actor=h)
+
     # ------------------------------------------------------------------- learning
     def transitions(self, batch: Batch) -> dict:
         """A rollout [T, E, ...] -> T·E replay items (see ``example_transition``)."""
@@ -283,6 +403,32 @@ class IQL:
                 "next_obs": flat(batch.next_obs.obs), "next_avail": flat(batch.next_obs.avail),
                 "terminated": flat(batch.terminated)}
 
+    def insert(self, buffer, batch: Batch):
+        """The rollout [T, E, ...] into the replay: T·E transitions, or (recurrent) its steps
+        appended to the envs' running episodes, the finished ones committed."""
+        if batch.next_obs is None:
+            raise ValueError("off-policy learners need Batch.next_obs (rollout.collect fills it)")
+        if not self.recurrent:
+            return replay.add(buffer, self.transitions(batch))
+        current = {"obs": batch.obs.obs, "avail": batch.obs.avail,
+                   "action": batch.action.astype(jnp.int32), "reward": batch.reward,
+                   "terminated": batch.terminated}
+        following = {"obs": batch.next_obs.obs, "avail": batch.next_obs.avail}
+        return replay.add_steps(buffer, current, following, batch.terminated | batch.truncated)
+
+    def sample(self, buffer, key: jax.Array) -> dict:
+        """A minibatch: ``batch_size`` transitions (leaves [B, N, ...] / [B]), or (recurrent)
+        ``batch_episodes`` episodes (leaves [B, L+1, N, ...] / [B, L+1])."""
+        if self.recurrent:
+            return replay.sample(buffer.episodes, key, self.cfg.batch_episodes)
+        return replay.sample(buffer, key, self.cfg.batch_size)
+
+    def columns(self, sample: dict) -> dict:
+        """A minibatch with the agent axis first (leaves [N, B, ...]) for a vmap over agents."""
+        if self.recurrent:
+            return episode_agent_major(sample, self.spec.n_agents)
+        return agent_major(sample, self.spec.n_agents)
+
     def regression_target(self, params_one: dict, target_one: dict, d: dict) -> jax.Array:
         """[B] target of one agent's Q(o, a) (IQL: the double DQN target)."""
         stack, _ = self.networks()["q"]
@@ -291,8 +437,28 @@ class IQL:
         return q_learning_target(next_online, next_target, d["next_avail"], d["reward"],
                                  d["terminated"], self.cfg.gamma, self.cfg.double_q)
 
+    def sequence_td(self, params_one: dict, target_one: dict, d: dict, q_target=None):
+        """Recurrent: one agent's double DQN targets on whole episodes d (leaves [B, L+1, ...]),
+        both networks unrolled over the same slots: -> (Q(o_t, a_t) [B, L], targets [B, L]
+        (no gradient), filled mask [B, L]). Slot L's action and reward are padding.
+        ``q_target``: the target network's unroll [B, L+1, A] if the caller has it."""
+        q = self.unroll(params_one["q"], d["obs"])
+        if q_target is None:
+            q_target = self.unroll(target_one["q"], d["obs"])
+        target = q_learning_target(q[:, 1:], q_target[:, 1:], d["avail"][:, 1:],
+                                   d["reward"][:, :-1], d["terminated"][:, :-1],
+                                   self.cfg.gamma, self.cfg.double_q)
+        return take_action(q[:, :-1], d["action"][:, :-1]), target, d["filled"][:, :-1]
+
     def agent_loss(self, params_one: dict, target_one: dict, d: dict):
-        """One agent's loss on its replay columns d (leaves [B, ...]): -> (loss [], metrics)."""
+        """One agent's loss on its replay columns d (leaves [B, ...]; recurrent: whole episodes
+        [B, L+1, ...], the loss a masked mean over their filled slots): -> (loss, metrics)."""
+        if self.recurrent:
+            q_taken, target, mask = self.sequence_td(params_one, target_one, d)
+            td_error = q_taken - target
+            loss = masked_mean(td_error**2, mask)
+            return loss, {"q_loss": loss, "q_taken": masked_mean(q_taken, mask),
+                          "td_abs": masked_mean(jnp.abs(td_error), mask)}
         stack, _ = self.networks()["q"]
         q_taken = take_action(stack.module.apply(params_one["q"], d["obs"]), d["action"])
         td_error = q_taken - self.regression_target(params_one, target_one, d)
@@ -314,7 +480,7 @@ class IQL:
         Stacked parameters: each agent's loss drives only its own slice, so sum; shared
         parameters: mean over agents."""
         axis = None if self.shared else 0
-        columns = {**agent_major(sample, self.spec.n_agents), **self.agent_constants()}
+        columns = {**self.columns(sample), **self.agent_constants()}
         loss, metrics = jax.vmap(self.agent_loss, in_axes=(axis, axis, 0))(
             params, target_params, columns)
         return (loss.mean() if self.shared else loss.sum()), jax.tree.map(jnp.mean, metrics)
@@ -341,7 +507,7 @@ class IQL:
 
     def gradient_step(self, ts: QTrainState, key: jax.Array):
         """One minibatch step of every agent (``lax.scan`` body): -> (ts, metrics)."""
-        sample = replay.sample(ts.buffer, key, self.cfg.batch_size)
+        sample = self.sample(ts.buffer, key)
         grads, metrics = jax.grad(self.team_loss, has_aux=True)(ts.params, ts.target_params,
                                                                  sample)
         params, opt_state, norm = self.optimiser_step(self.tx, grads, ts.opt_state, ts.params)
@@ -350,6 +516,10 @@ class IQL:
         ts = ts.replace(params=params, target_params=target, opt_state=opt_state,
                         grad_steps=grad_steps)
         return ts, {**metrics, "grad_norm": norm}
+
+    def stored(self, buffer) -> jax.Array:
+        """[] int32 transitions (recurrent: episodes) in the replay."""
+        return buffer.episodes.size if self.recurrent else buffer.size
 
     def before_insert(self, ts: QTrainState, learning: jax.Array) -> QTrainState:
         """Hook before the rollout enters the buffer (MA2QL starts turns here)."""
@@ -363,12 +533,14 @@ class IQL:
         """Store the rollout, then ``updates_per_rollout`` gradient steps once
         ``learning_starts`` env steps have been collected: -> (ts, metrics)."""
         cfg = self.cfg
-        items = self.transitions(batch)
         epsilon = self.epsilon(ts.env_steps)  # the one the rollout was collected with
-        env_steps = ts.env_steps + items["reward"].shape[0]
+        env_steps = ts.env_steps + batch.reward.size
         learning = env_steps >= cfg.learning_starts
+        if self.recurrent:  # and some episode is stored once this rollout is in
+            learning &= (ts.buffer.episodes.size > 0) | (batch.terminated
+                                                         | batch.truncated).any()
         ts = self.before_insert(ts, learning)
-        ts = ts.replace(buffer=replay.add(ts.buffer, items), env_steps=env_steps)
+        ts = ts.replace(buffer=self.insert(ts.buffer, batch), env_steps=env_steps)
 
         def learn(ts):
             ts, metrics = jax.lax.scan(self.gradient_step, ts,
@@ -382,5 +554,5 @@ class IQL:
         ts, metrics = jax.lax.cond(learning, learn, wait, ts)
         ts, extra = self.after_learning(ts, learning)
         return ts, {**metrics, **extra, "epsilon": epsilon,
-                    "buffer_size": ts.buffer.size.astype(jnp.float32),
+                    "buffer_size": self.stored(ts.buffer).astype(jnp.float32),
                     "learning": learning.astype(jnp.float32)}

@@ -33,6 +33,11 @@ The paper leaves turn length and buffer handling open (REFERENCE.md §3); our ch
 
 A shared Q-network cannot take turns (updating it moves every agent), so ``share_q=true`` is
 rejected.
+
+Recurrent agents (``recurrent=true``): as IQL's (``iql.py``), whole episodes replayed and the
+turn's agent's GRU unrolled from the episode start; the turn clock and the buffer handling
+are the same (``clear_buffer_on_turn`` forgets the stored episodes, not the envs' running
+ones).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from teamrl.core import replay
-from teamrl.algos.iql import IQL, IQLConfig, QTrainState, agent_major, put_agent, take_agent
+from teamrl.algos.iql import IQL, IQLConfig, QTrainState, put_agent, take_agent
 from teamrl.config import ConfigError, option
 
 
@@ -99,8 +104,7 @@ class MA2QL(IQL):
         """One minibatch step of the turn's agent only: its slice of the stacked parameters,
         target and optimiser state is read, updated and written back."""
         agent = self.turn_agent(ts)
-        sample = replay.sample(ts.buffer, key, self.cfg.batch_size)
-        columns = take_agent(agent_major(sample, self.spec.n_agents), agent)
+        columns = take_agent(self.columns(self.sample(ts.buffer, key)), agent)
         params, target, opt_state = (take_agent(x, agent) for x in
                                      (ts.params, ts.target_params, ts.opt_state))
         grads, metrics = jax.grad(self.agent_loss, has_aux=True)(params, target, columns)

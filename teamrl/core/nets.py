@@ -162,6 +162,9 @@ class GRUNet(nn.Module):
         h_last = h_last.reshape((S,) + inner + (self.gru_size,))
         ys = jnp.swapaxes(ys.reshape((L, S) + inner + (self.gru_size,)), 0, 1).reshape(
             (-1, self.gru_size))
+        # The per-step hidden states [B, ..., H], read only by callers that ask for them
+        # (apply(..., mutable=["intermediates"]): recurrent I2Q's Q_ss and V); free otherwise.
+        self.sow("intermediates", "hidden", ys.reshape(lead + (self.gru_size,)))
         out = nn.Dense(self.out_dim, kernel_init=nn.initializers.orthogonal(self.out_gain),
                        bias_init=nn.initializers.zeros)(ys).reshape(lead + (self.out_dim,))
         if self.gaussian:

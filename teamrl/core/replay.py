@@ -1,4 +1,5 @@
-"""A fixed-capacity circular replay buffer compiled in JAX.
+"""Fixed-capacity circular replay buffers compiled in JAX: of single items (transitions), and
+of whole episodes for recurrent learners.
 
 The buffer is a pytree (``flax.struct``) of arrays, so it lives inside an algorithm's train
 state: it is carried through ``jit`` / ``scan`` / ``vmap`` over seeds like any parameter and
@@ -15,6 +16,25 @@ Functions (all pure, jittable):
     add(buffer, items) -> ReplayBuffer                # items: leaves [B, ...]
     sample(buffer, key, batch_size) -> items          # leaves [batch_size, ...]
     clear(buffer) -> ReplayBuffer                     # forget everything (data kept, unsampled)
+    add_where(buffer, items, keep) -> ReplayBuffer    # only the items with keep [B] true
+
+Whole episodes (PyMARL's episode buffer, for recurrent value learners): an
+:class:`EpisodeBuffer` holds C episodes padded to L + 1 slots (L = the env's step limit) in a
+ReplayBuffer whose items are [L + 1, ...], with a ``filled`` [L + 1] bool leaf marking the
+episode's transitions, plus the episode each of E envs is in the middle of. Slot t of an
+episode holds the observation the agents acted on at step t and what the step produced;
+slot ``length`` holds the observation the last step reached (before any reset), so an
+unroll over all L + 1 slots gives every transition's next observation.
+
+    init_episodes(example_step, capacity, max_steps, num_envs) -> EpisodeBuffer
+    add_steps(buffer, current, following, done) -> EpisodeBuffer   # leaves [T, E, ...]
+    sample(buffer.episodes, key, batch_size) -> episodes            # leaves [B, L + 1, ...]
+
+Not flashbax: its buffers add a statically shaped batch with every row written (its
+trajectory buffer's ``add`` sets ``experience[:, indices] = batch`` for all add_batch_size
+rows), while here a data-dependent number of episodes (0..E per step) finishes and must be
+committed, and its trajectory buffer samples fixed-length windows at multiples of a period
+along each env's time axis, not aligned to episode starts.
 """
 
 from __future__ import annotations
@@ -75,6 +95,96 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int):
     return jax.tree.map(lambda d: d[index], buffer.data)
 
 
-def clear(buffer: ReplayBuffer) -> ReplayBuffer:
-    """An empty buffer of the same capacity (old data stays in memory but is never sampled)."""
+def clear(buffer):
+    """An empty buffer of the same capacity (old data stays in memory but is never sampled).
+    For an EpisodeBuffer: no stored episodes; the envs' running episodes are kept."""
+    if isinstance(buffer, EpisodeBuffer):
+        return buffer.replace(episodes=clear(buffer.episodes))
     return buffer.replace(position=jnp.int32(0), size=jnp.int32(0))
+
+
+def add_where(buffer: ReplayBuffer, items, keep: jax.Array) -> ReplayBuffer:
+    """Append the items b with keep[b] (items: leaves [B, ...]; keep: [B] bool), in order, at
+    ``position``, wrapping around; the others are not written. The count is data-dependent,
+    so the write is a scatter whose unkept rows point past the end and are dropped. When more
+    than C are kept, only the last C are written (as ``add``)."""
+    capacity = buffer.capacity
+    keep = keep.astype(bool)
+    rank = jnp.cumsum(keep) - 1  # [B] order among the kept items
+    count = keep.sum().astype(jnp.int32)
+    keep = keep & (rank >= count - capacity)
+    index = jnp.where(keep, (buffer.position + rank) % capacity, capacity)
+    data = jax.tree.map(lambda d, x: d.at[index].set(x.astype(d.dtype), mode="drop"),
+                        buffer.data, items)
+    return ReplayBuffer(data, ((buffer.position + count) % capacity).astype(jnp.int32),
+                        jnp.minimum(buffer.size + count, capacity).astype(jnp.int32))
+
+
+# ------------------------------------------------------------------------------ episodes
+@flax.struct.dataclass
+class EpisodeBuffer:
+    """episodes: ReplayBuffer of whole episodes, leaves [C, L + 1, ...] including ``filled``
+    [C, L + 1] bool (slot t holds a transition); running: the episode each env is in, leaves
+    [E, L + 1, ...] (same layout); step: [E] int32 steps of it collected so far."""
+
+    episodes: ReplayBuffer
+    running: Any
+    step: jax.Array
+
+    @property
+    def max_steps(self) -> int:
+        """L (static)."""
+        return self.running["filled"].shape[1] - 1
+
+
+def init_episodes(example_step: dict, capacity: int, max_steps: int,
+                  num_envs: int) -> EpisodeBuffer:
+    """An empty episode buffer; ``example_step``: {name: array [...]} of one step's data (the
+    ``filled`` flag is added)."""
+    if max_steps < 1:
+        raise ValueError(f"episode replay needs the env's step limit, got {max_steps}")
+    step = {**example_step, "filled": jnp.zeros((), bool)}
+    episode = jax.tree.map(lambda x: jnp.zeros((max_steps + 1,) + jnp.shape(x),
+                                               jnp.asarray(x).dtype), step)
+    running = jax.tree.map(lambda x: jnp.zeros((num_envs,) + x.shape, x.dtype), episode)
+    return EpisodeBuffer(init(episode, capacity), running, jnp.zeros((num_envs,), jnp.int32))
+
+
+def add_steps(buffer: EpisodeBuffer, current: dict, following: dict,
+              done: jax.Array) -> EpisodeBuffer:
+    """Append T steps of E envs to their running episodes; every episode that ends is
+    committed whole (padding zeroed) and its env starts a new one.
+
+    Args:
+        current: {name: [T, E, ...]} each step's data, written at slot ``step`` of the env's
+            episode (all of ``example_step``'s names except those only in ``following``).
+        following: {name: [T, E, ...]} written at slot ``step + 1``: the observation the step
+            reached (before any reset), overwritten by the next step's ``current`` unless the
+            episode ends here.
+        done: [T, E] bool, the step ended the episode (terminated or truncated).
+
+    An episode reaching L steps without ``done`` (longer than the env's declared limit) is
+    committed as it is and the env's next steps start a new stored episode.
+    """
+    num_envs = buffer.step.shape[0]
+    limit = buffer.max_steps
+    envs = jnp.arange(num_envs)
+
+    def write(buf: EpisodeBuffer, xs):
+        cur, nxt, end = xs
+        t = buf.step
+        running = dict(buf.running)
+        for name, x in cur.items():  # a handful of named fields, not time steps or agents
+            running[name] = running[name].at[envs, t].set(x.astype(running[name].dtype))
+        for name, x in nxt.items():
+            running[name] = running[name].at[envs, t + 1].set(x.astype(running[name].dtype))
+        running["filled"] = running["filled"].at[envs, t].set(True)
+        end = end | (t + 1 >= limit)
+        episodes = add_where(buf.episodes, running, end)
+        blank = lambda x: jnp.where(end.reshape((-1,) + (1,) * (x.ndim - 1)),
+                                    jnp.zeros((), x.dtype), x)
+        running = jax.tree.map(blank, running)
+        return EpisodeBuffer(episodes, running, jnp.where(end, 0, t + 1).astype(jnp.int32)), None
+
+    buffer, _ = jax.lax.scan(write, buffer, (current, following, done))
+    return buffer

@@ -34,7 +34,9 @@ def build(config: Config):
     check_sizes(config, team_env.spec)  # memory with the env's real widths, before allocating
     algo_cls.check(team_env.spec, config.algo, run)
     round_total_steps(run)  # whole updates only, with a notice; after every refusal
-    algo = algo_cls(team_env.spec, config.algo, config.network, total_updates(run))
+    # Learners replaying whole episodes keep each env's running episode: they need num_envs.
+    extra = {"num_envs": run.num_envs} if getattr(algo_cls, "episode_replay", False) else {}
+    algo = algo_cls(team_env.spec, config.algo, config.network, total_updates(run), **extra)
     if config.network.obs_norm:
         from teamrl.algos.obs_norm import ObsNormalised
 
@@ -54,6 +56,8 @@ def check_recurrent(config: Config, algo_cls) -> None:
     if get_entry(run.env_id).host:
         raise ConfigError(f"recurrent=true needs a compiled env; {run.env_id!r} is stepped on "
                           "the host (valid: mpe/*, smax/*, didactic/*, gymnax/*)")
+    if getattr(algo_cls, "episode_replay", False):
+        return  # trained on whole stored episodes (teamrl/algos/iql.py): no chunks
     if run.rollout_length % net.chunk_length:
         raise ConfigError(f"chunk_length={net.chunk_length} must divide rollout_length="
                           f"{run.rollout_length} (recurrent=true)")
