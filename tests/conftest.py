@@ -8,7 +8,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the subprocesses tests start: many tests compile the same programs (a run and its resume,
 # the same small config in several tests), and on 2 cores compiling is much of the suite's
 # time. Cached executables are the programs XLA would compile again, so results are the same
-# bit for bit; the key covers the program, the flags and the jax version.
+# bit for bit; the key covers the program, the flags and the jax version. (A new name: the
+# old directory could hold an entry half-written by a killed session, which crashed jaxlib's
+# cache read; delete the directory if a test worker segfaults in compilation_cache.py.)
 # The cache is new for each pytest session (made by the controller, inherited by its xdist
 # workers and their subprocesses): an entry left half-written by a killed earlier session
 # would otherwise crash a later one inside jaxlib's cache read (seen as a segfault).
