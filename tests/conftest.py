@@ -11,12 +11,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # bit for bit; the key covers the program, the flags and the jax version. (A new name: the
 # old directory could hold an entry half-written by a killed session, which crashed jaxlib's
 # cache read; delete the directory if a test worker segfaults in compilation_cache.py.)
-# The cache is new for each pytest session (made by the controller, inherited by its xdist
-# workers and their subprocesses): an entry left half-written by a killed earlier session
-# would otherwise crash a later one inside jaxlib's cache read (seen as a segfault).
-if "PYTEST_XDIST_WORKER" not in os.environ:
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                          tempfile.mkdtemp(prefix="teamrl-test-xla-cache-"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "teamrl-test-xla-cache-2"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # jaxlib 0.7-0.9 log an XLA warning and two errors on stderr each time they load a cached
 # executable ("Target machine feature +prefer-no-gather is not supported on the host"): a
@@ -31,12 +27,3 @@ def pytest_collection_modifyitems(config, items):
     sit late in its block would start last and keep the suite running alone; first in the
     collection, it starts at once while the other worker takes the rest."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable sort
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Remove this session's compilation cache (the controller's, once the workers are done)."""
-    import shutil
-
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
-    if "PYTEST_XDIST_WORKER" not in os.environ and "teamrl-test-xla-cache-" in cache:
-        shutil.rmtree(cache, ignore_errors=True)
